@@ -1,0 +1,33 @@
+# Two entry points on a fresh machine with only python3:  `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test test-slow check bench lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+# The main job.
+run: $(BIN)/.installed
+	$(BIN)/fbp check
+
+check: $(BIN)/.installed
+	$(BIN)/fbp check
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -n 2 -q
+
+test-slow: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check fbp tests examples benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,110 @@
+"""Backprop by hand, the same through `jax.grad`, and a bridge from one to the other.
+
+    value_and_grad(net, loss)           forward → loss → loss.bwd → net.bwd   (no jax.grad)
+    autodiff_value_and_grad(net, loss)  forward → loss → jax.value_and_grad   (the reference)
+    custom_vjp(layer)                   a function whose JAX derivative is layer.bwd
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from fbp._layer import Layer, Params
+from fbp.losses import Loss
+
+Array = jax.Array
+GradFn = Callable[..., tuple[Array, Params]]
+
+
+def _check_net_and_loss(net, loss) -> None:
+    if not isinstance(net, Layer):
+        raise TypeError(f"expected a fbp.Layer as the network, got {type(net).__name__}")
+    if not isinstance(loss, Loss):
+        raise TypeError(f"expected a fbp.losses.Loss, got {type(loss).__name__} "
+                        "(e.g. fbp.losses.mse)")
+
+
+def value_and_grad(net: Layer, loss: Loss) -> GradFn:
+    """The manual backprop: f(params, x, y, *, key=None, train=True) -> (L, ∂L/∂params).
+
+    1. forward:  pred, res = net.fwd(params, x)      (each layer keeps what its bwd needs)
+    2. loss:     L = loss(pred, y)
+    3. backward: g = ∂L/∂pred = loss.bwd(...),  then net.bwd carries g from the output back
+                 to the input, layer by layer, by the chain rule, collecting ∂L/∂θ.
+    """
+    _check_net_and_loss(net, loss)
+
+    def f(params, x, y, *, key=None, train=True):
+        pred, res = net.fwd(params, x, key=key, train=train)
+        value, loss_res = loss.fwd(pred, y)
+        g = loss.bwd(loss_res, jnp.ones_like(value))  # ∂L/∂L = 1
+        grads, _ = net.bwd(params, res, g)
+        return value, grads
+
+    return f
+
+
+def autodiff_value_and_grad(net: Layer, loss: Loss) -> GradFn:
+    """The same function as `value_and_grad`, differentiated by `jax.value_and_grad`."""
+    _check_net_and_loss(net, loss)
+
+    def f(params, x, y, *, key=None, train=True):
+        def objective(params):
+            return loss(net.apply(params, x, key=key, train=train), y)
+        return jax.value_and_grad(objective)(params)
+
+    return f
+
+
+def _split_static(res):
+    """Split residuals into array leaves (traced) and everything else (static Python values)."""
+    leaves, treedef = jax.tree_util.tree_flatten(res)
+    is_array = [isinstance(leaf, (jax.Array, jnp.ndarray)) or hasattr(leaf, "aval")
+                for leaf in leaves]
+    arrays = [leaf for leaf, a in zip(leaves, is_array) if a]
+    static = (treedef, is_array, [leaf for leaf, a in zip(leaves, is_array) if not a])
+    return arrays, static
+
+
+def _join_static(arrays, static):
+    treedef, is_array, others = static
+    arrays, others = iter(arrays), iter(others)
+    return jax.tree_util.tree_unflatten(
+        treedef, [next(arrays) if a else next(others) for a in is_array])
+
+
+def custom_vjp(layer: Layer, *, train: bool = False) -> Callable[..., Array]:
+    """f(params, x, key=None) -> y whose derivative under JAX is `layer.bwd`.
+
+    `jax.grad`, `jax.vjp` and `jax.vmap` (e.g. per-example gradients) through `f` all
+    run the hand-written backward, so fbp layers can sit inside any JAX program.
+    """
+    if not isinstance(layer, Layer):
+        raise TypeError(f"custom_vjp: expected a fbp.Layer, got {type(layer).__name__}")
+
+    def f(params, x, key=None):
+        static = {}  # non-array residuals (shapes, split sizes) of this call
+
+        @jax.custom_vjp
+        def call(params, x, key):
+            return layer.apply(params, x, key=key, train=train)
+
+        # call_fwd :: (P, X, key) -> (Y, (P, residual arrays))
+        def call_fwd(params, x, key):
+            y, res = layer.fwd(params, x, key=key, train=train)
+            arrays, static["res"] = _split_static(res)
+            return y, (params, arrays)
+
+        # call_bwd :: ((P, residual arrays), CT Y) -> (CT P, CT X, CT key = None)
+        def call_bwd(saved, g):
+            params, arrays = saved
+            grads, dx = layer.bwd(params, _join_static(arrays, static["res"]), g)
+            return grads, dx, None
+
+        call.defvjp(call_fwd, call_bwd)
+        return call(params, x, key)
+
+    return f

@@ -1,0 +1,241 @@
+"""Gradient checks: the manual backprop against `jax.grad` and central finite differences."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from fbp._layer import Layer
+from fbp.backprop import autodiff_value_and_grad, value_and_grad
+from fbp.losses import Loss
+
+# Relative error allowed for manual vs jax.grad (by dtype) and manual vs finite differences.
+AUTODIFF_RTOL = {"float64": 1e-9, "float32": 1e-4, "bfloat16": 5e-2, "float16": 5e-2}
+FD_RTOL = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafError:
+    """Errors of one parameter leaf's manual gradient."""
+
+    path: str
+    shape: tuple[int, ...]
+    abs_err_autodiff: float
+    rel_err_autodiff: float
+    abs_err_fd: float
+    rel_err_fd: float
+
+
+def _max_errors(a, b) -> tuple[float, float]:
+    """max |a − b|, and that relative to max |b| (the leaf's scale)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.size == 0:
+        return 0.0, 0.0
+    abs_err = float(np.max(np.abs(a - b)))
+    scale = float(np.max(np.abs(b)))
+    return abs_err, abs_err / scale if scale > 0 else abs_err
+
+
+@dataclasses.dataclass(frozen=True)
+class GradReport:
+    """What `check_grads` found: one row per parameter leaf, and whether all agree."""
+
+    name: str
+    dtype: str
+    loss_manual: float
+    loss_autodiff: float
+    leaves: tuple[LeafError, ...]
+    autodiff_rtol: float
+    fd_rtol: float
+
+    @property
+    def max_rel_err_autodiff(self) -> float:
+        return max((leaf.rel_err_autodiff for leaf in self.leaves), default=0.0)
+
+    @property
+    def max_rel_err_fd(self) -> float:
+        return max((leaf.rel_err_fd for leaf in self.leaves), default=0.0)
+
+    @property
+    def ok(self) -> bool:
+        loss_ok = math.isclose(self.loss_manual, self.loss_autodiff,
+                               rel_tol=self.autodiff_rtol, abs_tol=self.autodiff_rtol)
+        return (loss_ok and math.isfinite(self.loss_manual)
+                and self.max_rel_err_autodiff <= self.autodiff_rtol
+                and self.max_rel_err_fd <= self.fd_rtol)
+
+    def table(self, *, header: bool = True) -> str:
+        rows = []
+        if header:
+            rows.append(f"{'check':<44} {'param':<22} {'shape':<12} {'|Δ| auto':>9} "
+                        f"{'rel auto':>9} {'|Δ| fd':>9} {'rel fd':>9}  ok")
+        for leaf in self.leaves or (None,):
+            if leaf is None:
+                rows.append(f"{self.name:<44} {'(no params)':<22} {'':<12} {'':>9} {'':>9} "
+                            f"{'':>9} {'':>9}  {'yes' if self.ok else 'NO'}")
+                continue
+            ok = (leaf.rel_err_autodiff <= self.autodiff_rtol and leaf.rel_err_fd <= self.fd_rtol)
+            rows.append(f"{self.name[:44]:<44} {leaf.path[:22]:<22} {str(leaf.shape):<12} "
+                        f"{leaf.abs_err_autodiff:9.1e} {leaf.rel_err_autodiff:9.1e} "
+                        f"{leaf.abs_err_fd:9.1e} {leaf.rel_err_fd:9.1e}  {'yes' if ok else 'NO'}")
+        return "\n".join(rows)
+
+    def __str__(self) -> str:
+        return (f"{self.table()}\n{self.name} [{self.dtype}]: loss {self.loss_manual:.6g} "
+                f"(autodiff {self.loss_autodiff:.6g}); max rel err vs jax.grad "
+                f"{self.max_rel_err_autodiff:.1e} (tol {self.autodiff_rtol:.0e}), vs finite "
+                f"differences {self.max_rel_err_fd:.1e} (tol {self.fd_rtol:.0e}): "
+                f"{'OK' if self.ok else 'MISMATCH'}")
+
+
+def _to_float64(tree):
+    return jax.tree_util.tree_map(
+        lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
+        else jnp.asarray(a), tree)
+
+
+def check_grads(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool = True,
+                fd_coords: int = 8, fd_eps: float = 1e-6, seed: int = 0,
+                autodiff_rtol: float | None = None, fd_rtol: float = FD_RTOL,
+                name: str | None = None) -> GradReport:
+    """Compare the manual gradient of `loss(net(params, x), y)` with `jax.grad` and with
+    central finite differences.
+
+    - manual vs `jax.grad`: in the dtype of `params` (every leaf, every entry);
+    - manual vs finite differences: in float64, at `fd_coords` random coordinates of each
+      leaf, (L(θ + εe_i) − L(θ − εe_i)) / 2ε with ε = `fd_eps`.
+
+    Check at a point where the function is differentiable: a ReLU input exactly at 0 or a
+    tie in a max makes autodiff pick an arbitrary subgradient.
+    """
+    manual = jax.jit(value_and_grad(net, loss), static_argnames="train")
+    auto = jax.jit(autodiff_value_and_grad(net, loss), static_argnames="train")
+    loss_m, grads_m = manual(params, x, y, key=key, train=train)
+    loss_a, grads_a = auto(params, x, y, key=key, train=train)
+    dtype = str(jax.tree_util.tree_leaves(grads_m)[0].dtype) if jax.tree_util.tree_leaves(
+        grads_m) else str(jnp.asarray(x).dtype)
+
+    with jax.enable_x64(True):
+        p64, x64, y64 = _to_float64(params), _to_float64(x), _to_float64(y)
+        _, grads64 = jax.jit(value_and_grad(net, loss), static_argnames="train")(
+            p64, x64, y64, key=key, train=train)
+        flat, unravel = ravel_pytree(p64)
+        flat_g, _ = ravel_pytree(grads64)
+
+        @jax.jit
+        def loss_at(i, step):
+            return loss(net.apply(unravel(flat.at[i].add(step)), x64, key=key, train=train), y64)
+
+        rng = np.random.default_rng(seed)
+        leaves64 = jax.tree_util.tree_leaves_with_path(p64)
+        offsets = np.cumsum([0] + [leaf.size for _, leaf in leaves64])
+        fd_errors = []
+        for (path, leaf), start in zip(leaves64, offsets[:-1]):
+            if leaf.size == 0:
+                fd_errors.append((0.0, 0.0))
+                continue
+            idx = start + rng.choice(leaf.size, size=min(fd_coords, leaf.size), replace=False)
+            idx = jnp.asarray(idx)
+            fd = (jax.vmap(loss_at, (0, None))(idx, fd_eps)
+                  - jax.vmap(loss_at, (0, None))(idx, -fd_eps)) / (2 * fd_eps)
+            abs_err = float(jnp.max(jnp.abs(flat_g[idx] - fd)))
+            scale = float(jnp.max(jnp.abs(flat_g[start:start + leaf.size])))
+            fd_errors.append((abs_err, abs_err / scale if scale > 0 else abs_err))
+
+    rows = []
+    auto_leaves = jax.tree_util.tree_leaves(grads_a)
+    for (path, g_m), g_a, (fd_abs, fd_rel) in zip(
+            jax.tree_util.tree_leaves_with_path(grads_m), auto_leaves, fd_errors):
+        a_abs, a_rel = _max_errors(g_m, g_a)
+        rows.append(LeafError(jax.tree_util.keystr(path), tuple(g_m.shape), a_abs, a_rel,
+                              fd_abs, fd_rel))
+    if jax.tree_util.tree_structure(grads_m) != jax.tree_util.tree_structure(grads_a):
+        raise AssertionError(f"manual gradient has structure {jax.tree_util.tree_structure(grads_m)}"
+                             f", jax.grad's {jax.tree_util.tree_structure(grads_a)}")
+    rtol = autodiff_rtol if autodiff_rtol is not None else AUTODIFF_RTOL.get(dtype, 1e-4)
+    return GradReport(name or f"{net.name} + {loss.name}", dtype, float(loss_m), float(loss_a),
+                      tuple(rows), rtol, fd_rtol)
+
+
+# --- every built-in layer and loss, for `fbp check` -----------------------------------------
+
+def builtin_cases():
+    """(name, net, loss, input_shape, make_target, needs_key) for every built-in layer and loss."""
+    from fbp import layers as L
+    from fbp import losses
+
+    def regression(n_out):
+        return lambda key, batch: jax.random.normal(key, (batch, n_out))
+
+    def labels(n_classes):
+        return lambda key, batch: jax.random.randint(key, (batch,), 0, n_classes)
+
+    def soft(n_classes):
+        return lambda key, batch: jax.nn.softmax(jax.random.normal(key, (batch, n_classes)))
+
+    def bits(n_out):
+        return lambda key, batch: jax.random.bernoulli(key, 0.5, (batch, n_out)).astype(float)
+
+    activations = [L.relu(), L.leaky_relu(0.1), L.sigmoid(), L.tanh(), L.gelu(),
+                   L.gelu(approximate=True), L.elu(), L.softplus(), L.silu(), L.softmax(),
+                   L.log_softmax()]
+    cases = [("dense", L.serial(L.dense(5)), losses.mse, (6, 4), regression(5), False)]
+    for act in activations:
+        cases.append((act.name, L.serial(L.dense(7), act, L.dense(3)), losses.mse, (6, 4),
+                      regression(3), False))
+    cases += [
+        ("flatten", L.serial(L.flatten(), L.dense(3)), losses.mse, (6, 2, 3), regression(3), False),
+        ("dropout(0.3)", L.serial(L.dense(7), L.dropout(0.3), L.dense(3)), losses.mse, (6, 4),
+         regression(3), True),
+        ("serial (nested)", L.serial(L.dense(6), L.serial(L.tanh(), L.dense(5)), L.relu(),
+                                     L.dense(3)), losses.mse, (6, 4), regression(3), False),
+        ("residual", L.serial(L.dense(5), L.residual(L.serial(L.dense(5), L.tanh())),
+                              L.dense(3)), losses.mse, (6, 4), regression(3), False),
+        ("parallel (concat)", L.serial(L.parallel(L.dense(3), L.serial(L.dense(4), L.sigmoid())),
+                                       L.dense(2)), losses.mse, (6, 4), regression(2), False),
+        ("parallel (sum)", L.serial(L.parallel(L.dense(3), L.serial(L.dense(3), L.silu()),
+                                               merge="sum"), L.dense(2)), losses.mse, (6, 4),
+         regression(2), False),
+        ("huber", L.serial(L.dense(5)), losses.huber, (6, 4),
+         lambda key, b: 2 * jax.random.normal(key, (b, 5)), False),
+        ("softmax_cross_entropy (labels)", L.serial(L.dense(5)), losses.softmax_cross_entropy,
+         (6, 4), labels(5), False),
+        ("softmax_cross_entropy (soft)", L.serial(L.dense(5)), losses.softmax_cross_entropy,
+         (6, 4), soft(5), False),
+        ("binary_cross_entropy", L.serial(L.dense(3)), losses.binary_cross_entropy, (6, 4),
+         bits(3), False),
+    ]
+    return cases
+
+
+def random_params(key, params, scale: float = 0.5):
+    """params + noise: biases leave 0, so no activation sits on a kink at the check point."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    return jax.tree_util.tree_unflatten(treedef, [
+        leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)])
+
+
+def check_builtins(dtypes=("float64", "float32"), seed: int = 0) -> list[GradReport]:
+    """Run `check_grads` over every built-in layer and loss, in each dtype."""
+    reports = []
+    with jax.enable_x64(True):
+        for i, (name, net, loss, in_shape, make_target, needs_key) in enumerate(builtin_cases()):
+            k_init, k_noise, k_x, k_y, k_drop = jax.random.split(jax.random.key(seed + i), 5)
+            _, params = net.init(k_init, in_shape)
+            params = random_params(k_noise, params)
+            x = jax.random.normal(k_x, in_shape)
+            y = make_target(k_y, in_shape[0])
+            for dtype in dtypes:
+                cast = (lambda a, dtype=dtype: a.astype(dtype)
+                        if jnp.issubdtype(a.dtype, jnp.floating) else a)
+                reports.append(check_grads(
+                    net, loss, jax.tree_util.tree_map(cast, params), cast(x), cast(y),
+                    key=k_drop if needs_key else None, name=f"{name} [{dtype}]"))
+    return reports

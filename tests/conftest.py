@@ -1,0 +1,61 @@
+"""Strict JAX settings for every test: x64 available, no implicit rank promotion,
+no silent dtype promotion, full-precision matmuls (GPUs default to TF32)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_collection_modifyitems(config, items):
+    if any(d.platform == "gpu" for d in jax.devices()):
+        return
+    skip = pytest.mark.skip(reason="needs a GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def rel_err(a, b) -> float:
+    """max |a − b| / max |b|, over a whole pytree."""
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    la = [np.asarray(x, np.float64) for x in la]  # numpy: eager jnp would compile per shape
+    lb = [np.asarray(y, np.float64) for y in lb]
+    num = max((float(np.max(np.abs(x - y))) for x, y in zip(la, lb) if x.size), default=0.0)
+    den = max((float(np.max(np.abs(y))) for y in lb if y.size), default=0.0)
+    return num / den if den > 0 else num
+
+
+def cast_tree(tree, dtype):
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def randomize(rng, params, scale=0.5):
+    """Replace every parameter with random normal values (no zero biases, no kinks).
+
+    numpy draws them: eager jax.random would compile anew for every shape."""
+    return jax.tree_util.tree_map(
+        lambda leaf: jnp.asarray(scale * rng.standard_normal(leaf.shape), leaf.dtype), params)
+
+
+def normal(rng, shape, dtype):
+    return jnp.asarray(rng.standard_normal(shape), dtype)
+
+
+def init_shapes(layer, in_shape):
+    """(output shape, params as ShapeDtypeStructs): init traced, not run (tests randomize params)."""
+    out = {}
+
+    def init(key):
+        out["shape"], params = layer.init(key, in_shape)
+        return params
+
+    params = jax.eval_shape(init, jax.random.key(0))
+    return tuple(out["shape"]), params
