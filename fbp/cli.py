@@ -1,9 +1,15 @@
-"""The `fbp` command line."""
+"""The `fbp` command line: `fbp check`, `fbp train`."""
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
+
+LOSSES = {"ce": "softmax_cross_entropy", "mse": "mse", "huber": "huber",
+          "bce": "binary_cross_entropy"}
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "elu", "softplus", "silu")
 
 
 def _check(args) -> int:
@@ -19,6 +25,112 @@ def _check(args) -> int:
     return 1 if bad else 0
 
 
+def mlp(hidden, n_out: int, activation: str = "relu", dropout: float = 0.0):
+    """dense(h1) → act → ... → dense(h_k) → act → dense(n_out)."""
+    from fbp import layers as L
+
+    blocks = []
+    for h in hidden:
+        blocks += [L.dense(h), getattr(L, activation)()]
+        if dropout:
+            blocks.append(L.dropout(dropout))
+    return L.serial(*blocks, L.dense(n_out))
+
+
+def make_optimizer(name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+    import optax
+
+    from fbp.optim import gd
+
+    base = {"gd": lambda: gd(lr), "sgd": lambda: optax.sgd(lr, momentum=momentum or None),
+            "adam": lambda: optax.adam(lr)}[name]()
+    if weight_decay:
+        return optax.chain(optax.add_decayed_weights(weight_decay), base)
+    return base
+
+
+def interleaved_step_times(net, loss, optimizer, x, y, *, repeats: int = 30):
+    """Median seconds per jitted train step, manual and auto timed A B A B ... in one process."""
+    import jax
+
+    from fbp.train import init_state, make_step
+
+    steps, states = {}, {}
+    for grad in ("manual", "auto"):
+        steps[grad] = make_step(net, loss, optimizer, grad=grad)
+        states[grad] = init_state(net, optimizer, jax.random.key(0), x.shape)
+        for _ in range(3):  # compile and warm up
+            states[grad], m = steps[grad](states[grad], x, y)
+        jax.block_until_ready(m)
+    times = {"manual": [], "auto": []}
+    for _ in range(repeats):
+        for grad in ("manual", "auto"):
+            t0 = time.perf_counter()
+            states[grad], m = steps[grad](states[grad], x, y)
+            jax.block_until_ready(m)
+            times[grad].append(time.perf_counter() - t0)
+    return {grad: statistics.median(t) for grad, t in times.items()}
+
+
+def _train(args) -> int:
+    import jax
+    import numpy as np
+
+    from fbp import data, losses
+    from fbp.check import check_grads
+    from fbp.train import evaluate, fit
+
+    (x_tr, y_tr), (x_te, y_te) = data.load(args.data, seed=args.seed)
+    loss = getattr(losses, LOSSES[args.loss])
+    if args.loss == "bce":
+        if not np.issubdtype(y_tr.dtype, np.integer) or y_tr.max() > 1:
+            raise SystemExit(f"fbp train: --loss bce needs 0/1 labels; {args.data} has "
+                             f"{int(y_tr.max()) + 1} classes (use --loss ce)")
+        y_tr, y_te = y_tr[:, None].astype(np.float32), y_te[:, None].astype(np.float32)
+    if np.issubdtype(y_tr.dtype, np.integer):
+        if args.loss != "ce":
+            raise SystemExit(f"fbp train: {args.data} has class labels; use --loss ce (or bce "
+                             "for two classes)")
+        n_out = data.num_classes(y_tr)
+    else:
+        if args.loss == "ce":
+            raise SystemExit(f"fbp train: {args.data} is a regression set; use --loss mse or huber")
+        n_out = y_tr.shape[1]
+    hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
+    net = mlp(hidden, n_out, args.activation, args.dropout)
+    optimizer = make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
+    print(f"fbp train: {args.data} ({len(x_tr)} train / {len(x_te)} test, {x_tr.shape[1]} "
+          f"features), net {net.name}, loss {loss.name}, {args.optimizer} lr={args.lr}, "
+          f"batch {args.batch_size or 'full'}, grad={args.grad}, on {jax.devices()[0].platform}")
+
+    state, history = fit(net, loss, optimizer, (x_tr, y_tr), epochs=args.epochs,
+                         batch_size=args.batch_size, grad=args.grad, seed=args.seed,
+                         val_data=(x_te, y_te), patience=args.patience,
+                         checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
+    test = evaluate(net, loss, state.params, x_te, y_te)
+    acc = f", test accuracy {100 * test['accuracy']:.2f}%" if "accuracy" in test else ""
+    print(f"after {len(history['epoch'])} epochs ({history['stopped']}): train loss "
+          f"{history['train_loss'][-1]:.4g}, test loss {test['loss']:.4g}{acc}")
+    if args.plot:
+        from fbp.plot import loss_curves
+
+        loss_curves(history, args.plot, title=f"{args.data}: {net.name}")
+        print(f"loss curves written to {args.plot}")
+    if not args.no_extras:
+        batch = args.batch_size or len(x_tr)
+        xb, yb = x_tr[:min(batch, 64)], y_tr[:min(batch, 64)]
+        report = check_grads(net, loss, state.params, xb, yb)
+        print(f"gradient check on trained params: manual vs jax.grad max rel err "
+              f"{report.max_rel_err_autodiff:.1e}, vs finite differences (float64) "
+              f"{report.max_rel_err_fd:.1e}: {'OK' if report.ok else 'MISMATCH'}")
+        xs, ys = x_tr[:batch], y_tr[:batch]
+        t = interleaved_step_times(net, loss, optimizer, xs, ys)
+        print(f"train step (batch {batch}, median of 30, interleaved): manual "
+              f"{1e3 * t['manual']:.3f} ms, auto {1e3 * t['auto']:.3f} ms, manual/auto "
+              f"{t['manual'] / t['auto']:.2f}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fbp", description="Forward and back propagation by hand.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,7 +141,34 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_check)
 
+    from fbp.data import DATASETS
+
+    p = sub.add_parser("train", help="train an MLP on a data set with manual (or auto) gradients",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", choices=sorted(DATASETS), default="digits")
+    p.add_argument("--hidden", default="128,64", help="hidden widths, comma-separated")
+    p.add_argument("--activation", choices=ACTIVATIONS, default="relu")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout rate after each hidden layer")
+    p.add_argument("--loss", choices=sorted(LOSSES), default="ce")
+    p.add_argument("--optimizer", choices=("gd", "sgd", "adam"), default="gd")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.0, help="for --optimizer sgd")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=32, help="0 for full-batch descent")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--patience", type=int, default=None, help="early stopping on test loss")
+    p.add_argument("--grad", choices=("manual", "auto"), default="manual")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--plot", default=None, help="write loss curves to this PNG")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-extras", action="store_true",
+                   help="skip the gradient check and the manual vs auto step timing")
+    p.set_defaults(run=_train)
+
     args = parser.parse_args(argv)
+    if getattr(args, "batch_size", None) == 0:
+        args.batch_size = None
     return args.run(args)
 
 

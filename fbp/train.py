@@ -1,0 +1,329 @@
+"""Training: forward → loss → backward → update, step after step, epoch after epoch.
+
+    state = init_state(net, optimizer, key, input_shape)
+    step = make_step(net, loss, optimizer, grad="manual")     # or grad="auto": jax.grad
+    state, metrics = step(state, x_batch, y_batch)            # one jitted update θ ← θ + u(g)
+
+`fit` runs whole epochs of such steps — full-batch (batch_size=None), stochastic
+(batch_size=1) or mini-batch descent — until a stopping criterion, each epoch as one
+compiled loop (`lax.scan` over the shuffled batches) on the device.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from fbp import checkpoint
+from fbp._layer import Layer, Params
+from fbp.backprop import _check_net_and_loss, autodiff_value_and_grad, value_and_grad
+from fbp.losses import Loss
+
+GRADS = {"manual": value_and_grad, "auto": autodiff_value_and_grad}
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training (a pytree)."""
+
+    params: Params
+    opt_state: optax.OptState
+    step: jax.Array
+    key: jax.Array  # for dropout; split once per step
+
+
+def init_state(net: Layer, optimizer: optax.GradientTransformation, key: jax.Array,
+               input_shape: tuple[int, ...]) -> TrainState:
+    """Initial parameters (shapes inferred from `input_shape`, batch first) and optimizer state."""
+    init_key, key = jax.random.split(key)
+    _, params = net.init(init_key, input_shape)
+    return TrainState(params, optimizer.init(params), jnp.zeros([], jnp.int32), key)
+
+
+def _train_step(net: Layer, loss: Loss, optimizer, grad: str):
+    """The un-jitted step; `grad` picks how ∂L/∂θ is computed and nothing else."""
+    _check_net_and_loss(net, loss)
+    if grad not in GRADS:
+        raise ValueError(f"grad must be 'manual' (hand-written backprop) or 'auto' (jax.grad), "
+                         f"got {grad!r}")
+    loss_and_grad = GRADS[grad](net, loss)
+
+    def step(state: TrainState, x, y) -> tuple[TrainState, dict[str, jax.Array]]:
+        key, dropout_key = jax.random.split(state.key)
+        value, grads = loss_and_grad(state.params, x, y, key=dropout_key, train=True)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": value, "grad_norm": optax.global_norm(grads)}
+        return TrainState(params, opt_state, state.step + 1, key), metrics
+
+    return step
+
+
+def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, *,
+              grad: str = "manual"):
+    """A jitted `step(state, x, y) -> (state, metrics)`; the state's buffers are donated.
+
+    metrics: `loss` (before the update) and `grad_norm` (‖g‖₂ over all parameters).
+    """
+    return jax.jit(_train_step(net, loss, optimizer, grad), donate_argnums=0)
+
+
+def evaluate(net: Layer, loss: Loss, params: Params, x, y) -> dict[str, float]:
+    """Loss, and accuracy when `y` holds integer class labels, with training off."""
+    return {k: float(v) for k, v in _evaluate(net, loss)(params, x, y).items()}
+
+
+_EVAL_CACHE: dict = {}
+
+
+def _evaluate(net, loss):
+    if (net, loss) not in _EVAL_CACHE:
+        def metrics(params, x, y):
+            pred = net.apply(params, x)
+            out = {"loss": loss(pred, y)}
+            if jnp.issubdtype(y.dtype, jnp.integer) and pred.shape[:-1] == y.shape:
+                out["accuracy"] = jnp.mean(jnp.argmax(pred, axis=-1) == y)
+            return out
+        _EVAL_CACHE[(net, loss)] = jax.jit(metrics)
+    return _EVAL_CACHE[(net, loss)]
+
+
+# --- fit ------------------------------------------------------------------------------------
+
+def _check_array(name: str, a) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim == 0 or a.shape[0] == 0:
+        raise ValueError(f"fit: {name} is empty (shape {a.shape}); expected at least one example")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        bad = int(np.size(a) - np.isfinite(a).sum())
+        raise ValueError(f"fit: {name} holds {bad} NaN/Inf value(s); clean the data first")
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise TypeError(f"fit: {name} must be a numeric array, got dtype {a.dtype}")
+    return a
+
+
+def _check_data(name: str, data, out_shape, loss: Loss) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"fit: {name} must be an (x, y) pair of arrays, got {type(data).__name__}")
+    x, y = _check_array(f"{name} x", data[0]), _check_array(f"{name} y", data[1])
+    if len(x) != len(y):
+        raise ValueError(f"fit: {name} has {len(x)} inputs but {len(y)} targets; "
+                         "x and y must have the same length")
+    if np.issubdtype(y.dtype, np.integer) and out_shape is not None:
+        n_classes = out_shape[-1]
+        if y.min() < 0 or y.max() >= n_classes:
+            raise ValueError(f"fit: {name} labels must lie in [0, {n_classes}) for a network "
+                             f"with {n_classes} outputs, got labels from {y.min()} to {y.max()}")
+    return x, y
+
+
+def _output_shape(net: Layer, input_shape) -> tuple[int, ...]:
+    box = {}
+
+    def init(key):
+        box["shape"], params = net.init(key, input_shape)
+        return params
+
+    jax.eval_shape(init, jax.random.key(0))
+    return tuple(box["shape"])
+
+
+def _saveable(state: TrainState) -> TrainState:
+    """Typed PRNG keys as their raw uint32 data, so they can be written to disk."""
+    if jnp.issubdtype(state.key.dtype, jax.dtypes.prng_key):
+        return state._replace(key=jax.random.key_data(state.key))
+    return state
+
+
+def _restore_key(saved: TrainState, like: TrainState) -> TrainState:
+    if jnp.issubdtype(like.key.dtype, jax.dtypes.prng_key):
+        return saved._replace(key=jax.random.wrap_key_data(saved.key))
+    return saved
+
+
+def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool):
+    """One epoch: shuffle, cut into n // batch_size batches (the remainder waits for the next
+    shuffle), and run the steps — as one `lax.scan` (one dispatch) or a Python loop."""
+    steps = n // batch_size
+    full_batch = batch_size == n
+
+    @jax.jit
+    def batches(x, y, epoch):
+        if full_batch:
+            return x[None], y[None]
+        perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)[:steps * batch_size]
+        return (x[perm].reshape((steps, batch_size) + x.shape[1:]),
+                y[perm].reshape((steps, batch_size) + y.shape[1:]))
+
+    if scan:
+        def scanned(state, x, y, epoch):
+            state, metrics = lax.scan(lambda s, b: step(s, *b), state, batches(x, y, epoch))
+            return state, jnp.mean(metrics["loss"])
+        return jax.jit(scanned, donate_argnums=0)
+
+    step_jit = jax.jit(step, donate_argnums=0)
+
+    def looped(state, x, y, epoch):
+        xb, yb = batches(x, y, epoch)
+        losses = []
+        for i in range(steps):
+            state, metrics = step_jit(state, xb[i], yb[i])
+            losses.append(metrics["loss"])
+        return state, jnp.mean(jnp.stack(losses))
+    return looped
+
+
+def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_data, *,
+        epochs: int, batch_size: int | None = None, grad: str = "manual", seed: int = 0,
+        val_data=None, stop_at_loss: float | None = None, patience: int | None = None,
+        checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1,
+        progress: bool = True, epoch_mode: str = "auto") -> tuple[TrainState, dict[str, Any]]:
+    """Train `net` on `train_data = (x, y)`; returns the final (or best) state and the history.
+
+    - batch_size: None → full-batch gradient descent, 1 → stochastic, b → mini-batches of b;
+      the data is reshuffled every epoch from `seed` (the last n mod b examples of a shuffle
+      sit that epoch out).
+    - stops after `epochs`, or when the epoch's mean training loss < `stop_at_loss`, or —
+      with `val_data` and `patience` — when the validation loss has not improved for
+      `patience` epochs, returning the best parameters.
+    - history: per epoch `train_loss`, and `val_loss`/`val_accuracy` with `val_data`;
+      `stopped` says why it ended.
+    - checkpoint_dir: the state is saved there every `checkpoint_every` epochs (safetensors,
+      atomic), and a run finding a checkpoint there resumes from it.
+    - epoch_mode: "scan" (each epoch one compiled loop), "steps" (a Python loop of jitted
+      steps), or "auto" (scan when the data fits comfortably in device memory).
+    """
+    _check_net_and_loss(net, loss)
+    if not isinstance(epochs, int) or epochs <= 0:
+        raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
+        raise ValueError(f"fit: batch_size must be a positive int or None (full batch), "
+                         f"got {batch_size!r}")
+    if not isinstance(checkpoint_every, int) or checkpoint_every <= 0:
+        raise ValueError(f"fit: checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    if patience is not None and (val_data is None or patience <= 0):
+        raise ValueError("fit: patience needs val_data and must be a positive int, got "
+                         f"patience={patience!r} with val_data={'given' if val_data else None}")
+    if epoch_mode not in ("auto", "scan", "steps"):
+        raise ValueError(f"fit: epoch_mode must be 'auto', 'scan' or 'steps', got {epoch_mode!r}")
+
+    x_np = np.asarray(train_data[0]) if isinstance(train_data, (tuple, list)) else None
+    if x_np is None or x_np.ndim == 0 or x_np.shape[0] == 0:
+        _check_data("train_data", train_data, None, loss)  # raises the precise error
+    n = len(x_np)
+    batch = n if batch_size is None else batch_size
+    if batch > n:
+        raise ValueError(f"fit: batch_size {batch} is larger than the {n} training examples")
+    input_shape = (batch,) + x_np.shape[1:]
+    out_shape = _output_shape(net, input_shape)
+    x, y = _check_data("train_data", train_data, out_shape, loss)
+    if val_data is not None:
+        xv, yv = _check_data("val_data", val_data, out_shape, loss)
+        if xv.shape[1:] != x.shape[1:]:
+            raise ValueError(f"fit: val_data x has example shape {xv.shape[1:]}, train_data x "
+                             f"has {x.shape[1:]}")
+        xv, yv = jnp.asarray(xv), jnp.asarray(yv)
+
+    key = jax.random.key(seed)
+    state = init_state(net, optimizer, jax.random.fold_in(key, 0), input_shape)
+    shuffle_key = jax.random.fold_in(key, 1)
+    config = {"seed": seed, "batch_size": batch, "grad": grad, "n": n}
+    history: dict[str, Any] = {"epoch": [], "train_loss": [], "time_s": []}
+    if val_data is not None:
+        history.update(val_loss=[], val_accuracy=[])
+    best = {"val_loss": math.inf, "params": None, "bad_epochs": 0}
+
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
+    start = 0
+    if ckpt_path is not None and ckpt_path.exists():
+        start, state, history, best = _resume(ckpt_path, state, config)
+
+    scan = epoch_mode == "scan" or (epoch_mode == "auto" and x.nbytes + y.nbytes < 2**30)
+    run_epoch = _epoch_fn(_train_step(net, loss, optimizer, grad), n, batch, shuffle_key, scan)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    state = jax.tree_util.tree_map(jnp.asarray, state)
+
+    history["stopped"] = "epochs"
+    bar = tqdm(range(start, epochs), initial=start, total=epochs, disable=not progress,
+               unit="epoch", desc=f"fit ({grad})")
+    for epoch in bar:
+        t0 = time.perf_counter()
+        state, train_loss = run_epoch(state, x, y, epoch)
+        train_loss = float(train_loss)
+        seconds = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            kept = f"; the checkpoint in {checkpoint_dir} is kept as it was" if ckpt_path else ""
+            raise FloatingPointError(
+                f"fit: the training loss became {train_loss} in epoch {epoch + 1} (try a smaller "
+                f"learning rate){kept}")
+        history["epoch"].append(epoch + 1)
+        history["train_loss"].append(train_loss)
+        history["time_s"].append(seconds)
+        postfix = {"loss": f"{train_loss:.4g}", "samples/s": f"{(n // batch) * batch / seconds:.3g}"}
+        stop = None
+        if val_data is not None:
+            val = evaluate(net, loss, state.params, xv, yv)
+            history["val_loss"].append(val["loss"])
+            history["val_accuracy"].append(val.get("accuracy", math.nan))
+            postfix["val"] = f"{val['loss']:.4g}"
+            if val["loss"] < best["val_loss"]:
+                best = {"val_loss": val["loss"], "bad_epochs": 0,
+                        "params": jax.tree_util.tree_map(jnp.copy, state.params)}
+            else:
+                best["bad_epochs"] += 1
+            if patience is not None and best["bad_epochs"] >= patience:
+                stop = "patience"
+        if stop_at_loss is not None and train_loss < stop_at_loss:
+            stop = "stop_at_loss"
+        bar.set_postfix(postfix)
+        done = stop is not None or epoch + 1 == epochs
+        if stop is not None:
+            history["stopped"] = stop
+        if ckpt_path is not None and ((epoch + 1) % checkpoint_every == 0 or done):
+            _save(ckpt_path, epoch + 1, state, history, best, config)
+        if stop is not None:
+            break
+    bar.close()
+    if patience is not None and best["params"] is not None:
+        state = state._replace(params=best["params"])
+    return state, history
+
+
+def _save(path: Path, epoch: int, state: TrainState, history, best, config) -> None:
+    tree = {"state": _saveable(state)}
+    if best["params"] is not None:
+        tree["best_params"] = best["params"]
+    meta = {"epoch": epoch, "history": history, "config": config,
+            "best_val_loss": best["val_loss"], "bad_epochs": best["bad_epochs"]}
+    checkpoint.save(path, tree, meta)
+
+
+def _resume(path: Path, state: TrainState, config):
+    """(start epoch, state, history, best) from a checkpoint written by the same run setup."""
+    with safe_open(str(path), framework="numpy") as f:
+        meta = json.loads((f.metadata() or {}).get("fbp", "{}"))
+        has_best = any(k.startswith("['best_params']") for k in f.keys())
+    if meta.get("config") != config:
+        raise ValueError(f"fit: the checkpoint in {path.parent} was written with "
+                         f"{meta.get('config')}, this run has {config}; use another "
+                         "checkpoint_dir (nothing was overwritten)")
+    template = {"state": _saveable(state)}
+    if has_best:
+        template["best_params"] = state.params
+    tree, meta = checkpoint.load(path, template)
+    saved = _restore_key(TrainState(*tree["state"]), state)
+    best = {"val_loss": meta["best_val_loss"], "bad_epochs": meta["bad_epochs"],
+            "params": tree.get("best_params")}
+    return meta["epoch"], saved, meta["history"], best
