@@ -70,13 +70,16 @@ def check_shape(name: str, shape: Sequence[int], *, min_rank: int = 1) -> Shape:
 
 
 def check_input(name: str, x: Any, *, min_rank: int = 1, last_dim: int | None = None,
-                floating: bool = True) -> None:
+                floating: bool = True, dtype: Any = None) -> None:
     """Validate the array a layer's `fwd` receives (at trace time, before XLA sees it)."""
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{name}: expected an array, got {type(x).__name__}")
     if floating and not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{name}: expected a floating-point input, got dtype {x.dtype} "
                         f"(shape {tuple(x.shape)})")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name}: input dtype {x.dtype} differs from the parameters' dtype "
+                        f"{jnp.dtype(dtype)}; cast one of them (e.g. x.astype({jnp.dtype(dtype).name!r}))")
     if x.ndim < min_rank:
         raise ValueError(f"{name}: expected an input of rank >= {min_rank}, "
                          f"got shape {tuple(x.shape)}")

@@ -61,6 +61,8 @@ def load(path: str | os.PathLike, template: Any) -> tuple[Any, dict]:
     for name, (_, like) in zip(names, paths_and_leaves):
         arr = stored[name]
         like = np.asarray(like)
+        if like.ndim == 0 and arr.shape == (1,):  # safetensors' numpy reader gives scalars as (1,)
+            arr = arr.reshape(())
         if arr.shape != like.shape or arr.dtype != like.dtype:
             raise ValueError(f"checkpoint {path}: {name} has shape {arr.shape} and dtype "
                              f"{arr.dtype}, expected {like.shape} and {like.dtype}")

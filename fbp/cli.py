@@ -1,4 +1,4 @@
-"""The `fbp` command line: `fbp check`, `fbp train`."""
+"""The `fbp` command line: `fbp check`, `fbp train`, `fbp bench`."""
 
 from __future__ import annotations
 
@@ -131,6 +131,29 @@ def _train(args) -> int:
     return 0
 
 
+def _benchmarks():
+    """The `benchmarks` package (not installed with fbp): from the path, or beside fbp/ in a
+    source checkout; None when neither has it."""
+    import importlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if (root / "benchmarks" / "__init__.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module("benchmarks")
+    except ModuleNotFoundError:
+        return None
+
+
+def _bench(args) -> int:
+    benchmarks = _benchmarks()
+    if benchmarks is None:
+        raise SystemExit("fbp bench: the benchmarks package is not here; run it from a source "
+                         "checkout of fbp (python -m benchmarks)")
+    return benchmarks.run_from_args(args)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fbp", description="Forward and back propagation by hand.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +188,13 @@ def main(argv=None) -> int:
     p.add_argument("--no-extras", action="store_true",
                    help="skip the gradient check and the manual vs auto step timing")
     p.set_defaults(run=_train)
+
+    p = sub.add_parser("bench", help="benchmark the train step with manual vs automatic "
+                                     "gradients (the `benchmarks` suite of a source checkout)")
+    benchmarks = _benchmarks()
+    if benchmarks is not None:
+        benchmarks.add_arguments(p)
+    p.set_defaults(run=_bench)
 
     args = parser.parse_args(argv)
     if getattr(args, "batch_size", None) == 0:

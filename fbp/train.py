@@ -65,10 +65,15 @@ def _train_step(net: Layer, loss: Loss, optimizer, grad: str):
         value, grads = loss_and_grad(state.params, x, y, key=dropout_key, train=True)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": value, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": value, "grad_norm": global_norm(grads)}
         return TrainState(params, opt_state, state.step + 1, key), metrics
 
     return step
+
+
+def global_norm(tree) -> jax.Array:
+    """‖g‖₂ over every leaf of a pytree: √(Σ g²)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(tree)))
 
 
 def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, *,
@@ -82,6 +87,7 @@ def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, *
 
 def evaluate(net: Layer, loss: Loss, params: Params, x, y) -> dict[str, float]:
     """Loss, and accuracy when `y` holds integer class labels, with training off."""
+    x, y = _as_param_dtype(np.asarray(x), params), _as_param_dtype(np.asarray(y), params)
     return {k: float(v) for k, v in _evaluate(net, loss)(params, x, y).items()}
 
 
@@ -138,6 +144,20 @@ def _output_shape(net: Layer, input_shape) -> tuple[int, ...]:
 
     jax.eval_shape(init, jax.random.key(0))
     return tuple(box["shape"])
+
+
+def _as_param_dtype(a: np.ndarray, params) -> jax.Array:
+    """Floating data in the dtype of the (first) parameter, so x64 mode or float64 data
+    never silently mixes precisions; integer labels stay as they are."""
+    leaves = jax.tree_util.tree_leaves(params)
+    if leaves and np.issubdtype(a.dtype, np.floating):
+        return jnp.asarray(a, leaves[0].dtype)
+    return jnp.asarray(a)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)]))
 
 
 def _saveable(state: TrainState) -> TrainState:
@@ -234,7 +254,6 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         if xv.shape[1:] != x.shape[1:]:
             raise ValueError(f"fit: val_data x has example shape {xv.shape[1:]}, train_data x "
                              f"has {x.shape[1:]}")
-        xv, yv = jnp.asarray(xv), jnp.asarray(yv)
 
     key = jax.random.key(seed)
     state = init_state(net, optimizer, jax.random.fold_in(key, 0), input_shape)
@@ -252,7 +271,9 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
 
     scan = epoch_mode == "scan" or (epoch_mode == "auto" and x.nbytes + y.nbytes < 2**30)
     run_epoch = _epoch_fn(_train_step(net, loss, optimizer, grad), n, batch, shuffle_key, scan)
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    x, y = _as_param_dtype(x, state.params), _as_param_dtype(y, state.params)
+    if val_data is not None:
+        xv, yv = _as_param_dtype(xv, state.params), _as_param_dtype(yv, state.params)
     state = jax.tree_util.tree_map(jnp.asarray, state)
 
     history["stopped"] = "epochs"
@@ -263,11 +284,12 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         state, train_loss = run_epoch(state, x, y, epoch)
         train_loss = float(train_loss)
         seconds = time.perf_counter() - t0
-        if not math.isfinite(train_loss):
+        if not (math.isfinite(train_loss) and _all_finite(state.params)):
             kept = f"; the checkpoint in {checkpoint_dir} is kept as it was" if ckpt_path else ""
+            what = "training loss" if not math.isfinite(train_loss) else "parameters"
             raise FloatingPointError(
-                f"fit: the training loss became {train_loss} in epoch {epoch + 1} (try a smaller "
-                f"learning rate){kept}")
+                f"fit: the {what} became {train_loss if what[0] == 't' else 'non-finite'} in "
+                f"epoch {epoch + 1} (try a smaller learning rate){kept}")
         history["epoch"].append(epoch + 1)
         history["train_loss"].append(train_loss)
         history["time_s"].append(seconds)

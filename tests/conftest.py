@@ -1,5 +1,6 @@
 """Strict JAX settings for every test: x64 available, no implicit rank promotion,
-no silent dtype promotion, full-precision matmuls (GPUs default to TF32)."""
+no silent dtype promotion (see the fixture below), full-precision matmuls (GPUs default
+to TF32)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,18 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
-jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+@pytest.fixture(autouse=True)
+def _strict_dtype_promotion(request):
+    """Strict dtype promotion (no silent float32 -> float64 upcasts) in fbp's own code.
+    Tests that run optax's optimizers, which rely on standard promotion, opt out with
+    the `standard_dtype_promotion` marker."""
+    if request.node.get_closest_marker("standard_dtype_promotion"):
+        yield
+        return
+    with jax.numpy_dtype_promotion("strict"):
+        yield
 jax.config.update("jax_default_matmul_precision", "highest")
 
 

@@ -47,7 +47,7 @@ def dense(features: int, *, use_bias: bool = True,
         w = params.get("w") if isinstance(params, dict) else None
         n_in = w.shape[0] if w is not None and w.ndim == 2 else x.shape[-1]
         check_param_shapes(name, params, expected_shapes(n_in))
-        check_input(name, x, last_dim=n_in)
+        check_input(name, x, last_dim=n_in, dtype=w.dtype)
         x2 = x.reshape(-1, n_in)
         y = x2 @ w
         if use_bias:

@@ -1,0 +1,167 @@
+"""Pooling on NHWC images: max, average, and global average.
+
+A window of size (k_h, k_w) slides with strides (s_h, s_w) over the padded input x̃;
+output position (p, q) sees x̃[p·s_h + i, q·s_w + j] for the window offsets (i, j)
+(geometry as in `fbp.layers.conv`). Channels and batch are pooled independently.
+Both backward passes visit the window offsets one by one: offset (i, j) of every window
+is the strided slice x̃[i::s_h, j::s_w] (cut to the output size), and its gradient is
+added back into that same slice.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from fbp._layer import Layer, check_input, check_no_params, check_shape
+from fbp.layers.conv import _check_nhwc, _padding_arg, _pair, window_out_hw, window_pads
+
+
+def _offset_slices(window, strides, out_hw):
+    """For each window offset (i, j), row-major: the slice of x̃ it reads in every window."""
+    (kh, kw), (sh, sw), (m_h, m_w) = window, strides, out_hw
+    return [(slice(None), slice(i, i + (m_h - 1) * sh + 1, sh),
+             slice(j, j + (m_w - 1) * sw + 1, sw), slice(None))
+            for i in range(kh) for j in range(kw)]
+
+
+def _pool_layer(kind: str, window, strides, padding, fwd, bwd) -> Layer:
+    """A parameter-free NHWC pooling layer from fwd :: (x, pads) -> (y, res), bwd :: (res, g) -> dx."""
+    name = f"{kind}({window})"
+    window = _pair(name, "window", window)
+    strides = window if strides is None else _pair(name, "strides", strides)
+    padding = _padding_arg(name, padding)
+    if not isinstance(padding, str) and any(
+            lo >= k or hi >= k for k, (lo, hi) in zip(window, padding)):
+        raise ValueError(f"{name}: explicit padding {padding} must be smaller than the window "
+                         f"{window} on each side (a window of padding alone has no input)")
+    geometry = (window, strides)
+
+    def init(key, input_shape):
+        del key
+        input_shape = check_shape(name, input_shape, min_rank=4)
+        _check_nhwc(name, input_shape)
+        n, h, w, c = input_shape
+        pads = window_pads(name, padding, (h, w), window, strides)
+        return (n, *window_out_hw((h, w), window, strides, pads), c), {}
+
+    def layer_fwd(params, x, *, key=None, train=False):
+        del key, train
+        check_no_params(name, params)
+        check_input(name, x)
+        _check_nhwc(name, x.shape)
+        pads = window_pads(name, padding, x.shape[1:3], window, strides)
+        return fwd(x, pads, *geometry)
+
+    def layer_bwd(params, res, g):
+        del params
+        return {}, bwd(res, g, *geometry)
+
+    return Layer(name, init, layer_fwd, layer_bwd)
+
+
+def _pad_nhwc(x, pads, value):
+    return jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=value)
+
+
+def _crop_nhwc(xp, pads, in_hw):
+    (lo_h, _), (lo_w, _) = pads
+    return xp[:, lo_h:lo_h + in_hw[0], lo_w:lo_w + in_hw[1], :]
+
+
+def max_pool(window, *, strides=None, padding="VALID") -> Layer:
+    """y[n, p, q, c] = max_{i, j} x̃[n, p·s_h + i, q·s_w + j, c]   (x̃ padded with −∞).
+
+    strides default to the window (non-overlapping windows).
+
+    Backward: each window's gradient goes to its arg-max, the first maximum in row-major
+    window order (as XLA picks); overlapping windows add up:
+        ∂x̃[n, p·s_h + i, q·s_w + j, c] += g[n, p, q, c] · [(i, j) = argmax of window (p, q)]
+    then ∂x = ∂x̃ without the padding. (With ties in a window only one element gets g.)
+    """
+    # fwd :: X -> (Y, res = (x, pads))
+    def fwd(x, pads, window, strides):
+        neg_inf = jnp.array(-jnp.inf, x.dtype)
+        y = lax.reduce_window(x, neg_inf, lax.max, (1, *window, 1), (1, *strides, 1),
+                              ((0, 0), *pads, (0, 0)))
+        return y, (x, pads)
+
+    # bwd :: (res, CT Y) -> CT X
+    def bwd(res, g, window, strides):
+        x, pads = res
+        xp = _pad_nhwc(x, pads, -jnp.inf)
+        offsets = _offset_slices(window, strides, g.shape[1:3])
+        patches = jnp.stack([xp[sl] for sl in offsets])      # (k_h·k_w, N, P, Q, C)
+        winner = jnp.argmax(patches, axis=0)                  # first maximum per window
+        dxp = jnp.zeros_like(xp)
+        for k, sl in enumerate(offsets):
+            dxp = dxp.at[sl].add(jnp.where(winner == k, g, 0))
+        return _crop_nhwc(dxp, pads, x.shape[1:3])
+
+    return _pool_layer("max_pool", window, strides, padding, fwd, bwd)
+
+
+def avg_pool(window, *, strides=None, padding="VALID") -> Layer:
+    """y[n, p, q, c] = (1 / |w_pq|) Σ_{(i, j) ∈ w_pq} x̃[n, p·s_h + i, q·s_w + j, c].
+
+    |w_pq| counts the input (not padding) elements of window (p, q): padding is left out
+    of the average (flax's count_include_pad=False); with 'VALID' it is k_h·k_w.
+    strides default to the window.
+
+    Backward: each window spreads its gradient evenly over its input elements:
+        ∂x̃[n, p·s_h + i, q·s_w + j, c] += g[n, p, q, c] / |w_pq|   for every offset (i, j)
+    then ∂x = ∂x̃ without the padding (the padding's share is dropped, as it is not counted).
+    """
+    def window_sum(a, pads, window, strides):
+        return lax.reduce_window(a, jnp.array(0, a.dtype), lax.add, (1, *window, 1),
+                                 (1, *strides, 1), ((0, 0), *pads, (0, 0)))
+
+    # fwd :: X -> (Y, res = (|w|, x shape, pads))
+    def fwd(x, pads, window, strides):
+        count = window_sum(jnp.ones((1, *x.shape[1:3], 1), x.dtype), pads, window, strides)
+        return window_sum(x, pads, window, strides) / count, (count, x.shape, pads)
+
+    # bwd :: (res, CT Y) -> CT X
+    def bwd(res, g, window, strides):
+        count, x_shape, pads = res
+        g_share = g / count
+        dxp = jnp.zeros((x_shape[0], x_shape[1] + sum(pads[0]), x_shape[2] + sum(pads[1]),
+                         x_shape[3]), g.dtype)
+        for sl in _offset_slices(window, strides, g.shape[1:3]):
+            dxp = dxp.at[sl].add(g_share)
+        return _crop_nhwc(dxp, pads, x_shape[1:3])
+
+    return _pool_layer("avg_pool", window, strides, padding, fwd, bwd)
+
+
+def global_avg_pool() -> Layer:
+    """(N, H, W, C) -> (N, C):  y[n, c] = (1 / HW) Σ_{h, w} x[n, h, w, c].
+
+    Backward: ∂x[n, h, w, c] = g[n, c] / HW, the same at every position.
+    """
+    name = "global_avg_pool"
+
+    def init(key, input_shape):
+        del key
+        input_shape = check_shape(name, input_shape, min_rank=4)
+        _check_nhwc(name, input_shape)
+        return (input_shape[0], input_shape[3]), {}
+
+    # fwd :: (P = {}, X) -> (Y, res = x shape)
+    def fwd(params, x, *, key=None, train=False):
+        del key, train
+        check_no_params(name, params)
+        check_input(name, x)
+        _check_nhwc(name, x.shape)
+        return jnp.mean(x, axis=(1, 2)), x.shape
+
+    # bwd :: (P, res, CT Y) -> (CT P = {}, CT X)
+    def bwd(params, x_shape, g):
+        del params
+        n, h, w, c = x_shape
+        return {}, jnp.broadcast_to(g[:, None, None, :] / (h * w), x_shape)
+
+    return Layer(name, init, fwd, bwd)
+
+
+__all__ = ["max_pool", "avg_pool", "global_avg_pool"]
