@@ -91,6 +91,11 @@ def evaluate(net: Layer, loss: Loss, params: Params, x, y) -> dict[str, float]:
     return {k: float(v) for k, v in _evaluate(net, loss)(params, x, y).items()}
 
 
+def predict(net: Layer, params: Params, x) -> jax.Array:
+    """net(params, x) with training off; floating x is cast to the parameters' dtype."""
+    return jax.jit(net.apply)(params, _as_param_dtype(np.asarray(x), params))
+
+
 _EVAL_CACHE: dict = {}
 
 
