@@ -28,6 +28,15 @@ def test_regression_beats_the_mean():
     assert test["loss"] < 0.8  # standardized targets: predicting the mean scores 1.0
 
 
+def test_digits_smoke_auto_gives_the_same_curve():
+    runs = load("digits").main(epochs=3, progress=False)
+    manual = np.asarray(runs["manual"][1]["train_loss"])
+    auto = np.asarray(runs["auto"][1]["train_loss"])
+    np.testing.assert_allclose(manual, auto, rtol=1e-4)
+    assert runs["manual"][1]["val_accuracy"][-1] > 0.9
+
+
+@pytest.mark.slow
 def test_digits_reaches_97_percent_and_auto_gives_the_same_curve():
     runs = load("digits").main(progress=False)
     for grad in ("manual", "auto"):
