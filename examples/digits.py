@@ -6,7 +6,8 @@ Dropout (p = 0.2) after each hidden layer: without it the test accuracy wanders 
 
 import numpy as np
 
-from fbp import data, layers as L, losses
+from fbp import data, losses
+from fbp import layers as L
 from fbp.optim import gd
 from fbp.train import evaluate, fit
 

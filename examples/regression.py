@@ -1,6 +1,7 @@
 """Regression on scikit-learn's diabetes data: MSE, mini-batch gradient descent, manual backprop."""
 
-from fbp import data, layers as L, losses
+from fbp import data, losses
+from fbp import layers as L
 from fbp.optim import gd
 from fbp.train import evaluate, fit
 

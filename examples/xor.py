@@ -8,7 +8,8 @@
 
 import numpy as np
 
-from fbp import data, layers as L, losses
+from fbp import data, losses
+from fbp import layers as L
 from fbp.optim import gd
 from fbp.train import fit, predict
 

@@ -27,36 +27,69 @@ def _check_net_and_loss(net, loss) -> None:
                         "(e.g. fbp.losses.mse)")
 
 
-def value_and_grad(net: Layer, loss: Loss) -> GradFn:
+PRECISIONS = {None: None, "float32": None, "fp32": None, "bf16": jnp.bfloat16,
+              "bfloat16": jnp.bfloat16, "f16": jnp.float16, "float16": jnp.float16}
+
+
+def compute_dtype(precision: str | None):
+    """The dtype forward and backward run in under a precision policy (None: the params')."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(k for k in PRECISIONS if k)} or "
+                         f"None, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def _to(dtype, tree):
+    """Cast the floating leaves of a pytree (integer labels and keys stay as they are)."""
+    if dtype is None:
+        return tree
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def value_and_grad(net: Layer, loss: Loss, *, precision: str | None = None) -> GradFn:
     """The manual backprop: f(params, x, y, *, key=None, train=True) -> (L, ∂L/∂params).
 
     1. forward:  pred, res = net.fwd(params, x)      (each layer keeps what its bwd needs)
     2. loss:     L = loss(pred, y)
     3. backward: g = ∂L/∂pred = loss.bwd(...),  then net.bwd carries g from the output back
                  to the input, layer by layer, by the chain rule, collecting ∂L/∂θ.
+
+    precision="bf16": forward and backward run in bfloat16 on a bfloat16 copy of the
+    (float32 master) params; the loss and its gradient are computed in float32, and the
+    parameter gradients come back in the params' own dtype, ready for a float32 update.
     """
     _check_net_and_loss(net, loss)
+    low = compute_dtype(precision)
 
     def f(params, x, y, *, key=None, train=True):
-        pred, res = net.fwd(params, x, key=key, train=train)
-        value, loss_res = loss.fwd(pred, y)
+        p_low, x_low = _to(low, params), _to(low, x)
+        pred, res = net.fwd(p_low, x_low, key=key, train=train)
+        value, loss_res = loss.fwd(_full(pred, low), y)
         g = loss.bwd(loss_res, jnp.ones_like(value))  # ∂L/∂L = 1
-        grads, _ = net.bwd(params, res, g)
-        return value, grads
+        grads, _ = net.bwd(p_low, res, g.astype(pred.dtype))
+        return value, jax.tree_util.tree_map(lambda d, p: d.astype(p.dtype), grads, params)
 
     return f
 
 
-def autodiff_value_and_grad(net: Layer, loss: Loss) -> GradFn:
+def autodiff_value_and_grad(net: Layer, loss: Loss, *, precision: str | None = None) -> GradFn:
     """The same function as `value_and_grad`, differentiated by `jax.value_and_grad`."""
     _check_net_and_loss(net, loss)
+    low = compute_dtype(precision)
 
     def f(params, x, y, *, key=None, train=True):
         def objective(params):
-            return loss(net.apply(params, x, key=key, train=train), y)
+            pred = net.apply(_to(low, params), _to(low, x), key=key, train=train)
+            return loss(_full(pred, low), y)
         return jax.value_and_grad(objective)(params)
 
     return f
+
+
+def _full(pred, low):
+    """Under a low-precision policy the loss runs in float32 (no overflow in log-sum-exp)."""
+    return pred if low is None else pred.astype(jnp.float32)
 
 
 def _split_static(res):

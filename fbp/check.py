@@ -136,7 +136,7 @@ def check_grads(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool =
         leaves64 = jax.tree_util.tree_leaves_with_path(p64)
         offsets = np.cumsum([0] + [leaf.size for _, leaf in leaves64])
         fd_errors = []
-        for (path, leaf), start in zip(leaves64, offsets[:-1]):
+        for (_path, leaf), start in zip(leaves64, offsets[:-1]):
             if leaf.size == 0:
                 fd_errors.append((0.0, 0.0))
                 continue
@@ -210,6 +210,35 @@ def builtin_cases():
          (6, 4), soft(5), False),
         ("binary_cross_entropy", L.serial(L.dense(3)), losses.binary_cross_entropy, (6, 4),
          bits(3), False),
+    ]
+
+    def image_head(*layers):
+        return L.serial(*layers, L.flatten(), L.dense(3))
+
+    def token_labels(seq, vocab):
+        return lambda key, batch: jax.random.randint(key, (batch, seq), 0, vocab)
+
+    cases += [
+        ("conv2d (SAME)", image_head(L.conv2d(3, 3), L.tanh()), losses.mse, (3, 5, 5, 2),
+         regression(3), False),
+        ("conv2d (VALID, strides 2, dilation)", image_head(
+            L.conv2d(3, (3, 2), strides=2, padding="VALID", dilation=(1, 2)), L.tanh()),
+         losses.mse, (3, 6, 7, 2), regression(3), False),
+        ("max_pool", image_head(L.conv2d(3, 3), L.max_pool(2)), losses.mse, (3, 5, 5, 2),
+         regression(3), False),
+        ("avg_pool (SAME, strides 2)", image_head(
+            L.conv2d(3, 3), L.avg_pool(3, strides=2, padding="SAME")), losses.mse,
+         (3, 5, 5, 2), regression(3), False),
+        ("global_avg_pool", L.serial(L.conv2d(4, 3), L.tanh(), L.global_avg_pool(), L.dense(3)),
+         losses.mse, (3, 5, 5, 2), regression(3), False),
+        ("layer_norm", L.serial(L.dense(6), L.layer_norm(), L.dense(3)), losses.mse, (6, 4),
+         regression(3), False),
+        ("multi_head_attention (causal)", L.serial(L.multi_head_attention(2, causal=True),
+                                                   L.flatten(), L.dense(3)),
+         losses.mse, (3, 4, 4), regression(3), False),
+        ("transformer_block", L.serial(L.transformer_block(2, mlp_ratio=2, causal=True),
+                                       L.dense(5)),
+         losses.softmax_cross_entropy, (2, 3, 4), token_labels(3, 5), False),
     ]
     return cases
 

@@ -106,7 +106,8 @@ def _train(args) -> int:
     state, history = fit(net, loss, optimizer, (x_tr, y_tr), epochs=args.epochs,
                          batch_size=args.batch_size, grad=args.grad, seed=args.seed,
                          val_data=(x_te, y_te), patience=args.patience,
-                         checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
+                         checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
+                         devices=args.devices, precision=args.precision)
     test = evaluate(net, loss, state.params, x_te, y_te)
     acc = f", test accuracy {100 * test['accuracy']:.2f}%" if "accuracy" in test else ""
     print(f"after {len(history['epoch'])} epochs ({history['stopped']}): train loss "
@@ -181,6 +182,10 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--patience", type=int, default=None, help="early stopping on test loss")
     p.add_argument("--grad", choices=("manual", "auto"), default="manual")
+    p.add_argument("--precision", choices=("float32", "bf16"), default=None,
+                   help="bf16: bfloat16 forward/backward, float32 master weights and loss")
+    p.add_argument("--devices", type=int, default=None,
+                   help="data-parallel over the first N devices (batch must divide by N)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--plot", default=None, help="write loss curves to this PNG")

@@ -23,12 +23,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from fbp import checkpoint
 from fbp._layer import Layer, Params
-from fbp.backprop import _check_net_and_loss, autodiff_value_and_grad, value_and_grad
+from fbp.backprop import (
+    _check_net_and_loss,
+    autodiff_value_and_grad,
+    compute_dtype,
+    value_and_grad,
+)
 from fbp.losses import Loss
 
 GRADS = {"manual": value_and_grad, "auto": autodiff_value_and_grad}
@@ -52,15 +59,23 @@ def init_state(net: Layer, optimizer: optax.GradientTransformation, key: jax.Arr
     return TrainState(params, optimizer.init(params), jnp.zeros([], jnp.int32), key)
 
 
-def _train_step(net: Layer, loss: Loss, optimizer, grad: str):
-    """The un-jitted step; `grad` picks how ∂L/∂θ is computed and nothing else."""
+def _train_step(net: Layer, loss: Loss, optimizer, grad: str, precision: str | None = None,
+                mesh: Mesh | None = None):
+    """The un-jitted step; `grad` picks how ∂L/∂θ is computed and nothing else.
+
+    With a `mesh`, the batch is split along its first axis over the mesh's data axis while
+    parameters and optimizer state are replicated; the mean over the batch in the loss
+    becomes, in XLA's SPMD partitioning, a sum across devices.
+    """
     _check_net_and_loss(net, loss)
     if grad not in GRADS:
         raise ValueError(f"grad must be 'manual' (hand-written backprop) or 'auto' (jax.grad), "
                          f"got {grad!r}")
-    loss_and_grad = GRADS[grad](net, loss)
+    loss_and_grad = GRADS[grad](net, loss, precision=precision)
 
     def step(state: TrainState, x, y) -> tuple[TrainState, dict[str, jax.Array]]:
+        if mesh is not None:
+            x, y = shard_batch(mesh, x), shard_batch(mesh, y)
         key, dropout_key = jax.random.split(state.key)
         value, grads = loss_and_grad(state.params, x, y, key=dropout_key, train=True)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -76,13 +91,47 @@ def global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(tree)))
 
 
+def data_mesh(devices) -> Mesh:
+    """A one-axis mesh ("data") over `devices` (a sequence of jax devices, or a count)."""
+    if isinstance(devices, int):
+        if not 0 < devices <= jax.device_count():
+            raise ValueError(f"devices={devices}: this process sees {jax.device_count()} "
+                             "device(s)")
+        devices = jax.devices()[:devices]
+    devices = list(devices)
+    if not devices:
+        raise ValueError("devices: expected at least one device")
+    return Mesh(np.array(devices), ("data",))
+
+
+def shard_batch(mesh: Mesh, a: jax.Array, axis: int = 0) -> jax.Array:
+    """Constrain `a` to be split along `axis` over the mesh's data axis (inside jit)."""
+    n = mesh.devices.size
+    if a.shape[axis] % n:
+        raise ValueError(f"batch size {a.shape[axis]} does not divide by the {n} devices of "
+                         "the mesh; choose a batch size that is a multiple of the device count")
+    spec = [None] * a.ndim
+    spec[axis] = mesh.axis_names[0]
+    return lax.with_sharding_constraint(a, NamedSharding(mesh, P(*spec)))
+
+
+def replicate(mesh: Mesh | None, tree):
+    """Put a pytree on every device of the mesh (a no-op without a mesh)."""
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
 def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, *,
-              grad: str = "manual"):
+              grad: str = "manual", precision: str | None = None, mesh: Mesh | None = None):
     """A jitted `step(state, x, y) -> (state, metrics)`; the state's buffers are donated.
 
     metrics: `loss` (before the update) and `grad_norm` (‖g‖₂ over all parameters).
+    precision="bf16" computes forward and backward in bfloat16 against float32 master
+    parameters (see `fbp.value_and_grad`). mesh: data-parallel over its devices (put the
+    state there with `replicate(mesh, state)`); the batch size must divide by their count.
     """
-    return jax.jit(_train_step(net, loss, optimizer, grad), donate_argnums=0)
+    return jax.jit(_train_step(net, loss, optimizer, grad, precision, mesh), donate_argnums=0)
 
 
 def evaluate(net: Layer, loss: Loss, params: Params, x, y) -> dict[str, float]:
@@ -178,7 +227,7 @@ def _restore_key(saved: TrainState, like: TrainState) -> TrainState:
     return saved
 
 
-def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool):
+def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh | None = None):
     """One epoch: shuffle, cut into n // batch_size batches (the remainder waits for the next
     shuffle), and run the steps — as one `lax.scan` (one dispatch) or a Python loop."""
     steps = n // batch_size
@@ -188,9 +237,13 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool):
     def batches(x, y, epoch):
         if full_batch:
             return x[None], y[None]
-        perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)[:steps * batch_size]
-        return (x[perm].reshape((steps, batch_size) + x.shape[1:]),
-                y[perm].reshape((steps, batch_size) + y.shape[1:]))
+        perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
+        perm = perm[:steps * batch_size]
+        xb = x[perm].reshape((steps, batch_size) + x.shape[1:])
+        yb = y[perm].reshape((steps, batch_size) + y.shape[1:])
+        if mesh is not None:  # each device gathers its own part of every batch
+            xb, yb = shard_batch(mesh, xb, axis=1), shard_batch(mesh, yb, axis=1)
+        return xb, yb
 
     if scan:
         def scanned(state, x, y, epoch):
@@ -214,7 +267,8 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         epochs: int, batch_size: int | None = None, grad: str = "manual", seed: int = 0,
         val_data=None, stop_at_loss: float | None = None, patience: int | None = None,
         checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1,
-        progress: bool = True, epoch_mode: str = "auto") -> tuple[TrainState, dict[str, Any]]:
+        progress: bool = True, epoch_mode: str = "auto", devices=None,
+        precision: str | None = None) -> tuple[TrainState, dict[str, Any]]:
     """Train `net` on `train_data = (x, y)`; returns the final (or best) state and the history.
 
     - batch_size: None → full-batch gradient descent, 1 → stochastic, b → mini-batches of b;
@@ -229,6 +283,12 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
       atomic), and a run finding a checkpoint there resumes from it.
     - epoch_mode: "scan" (each epoch one compiled loop), "steps" (a Python loop of jitted
       steps), or "auto" (scan when the data fits comfortably in device memory).
+    - devices: data-parallel training over these devices (a sequence, or a count of the
+      first ones): each batch is split across them, parameters and optimizer state are
+      replicated, and XLA sums the gradient across devices. The batch size must divide by
+      the device count.
+    - precision: None (compute in the params' dtype) or "bf16" (bfloat16 forward and
+      backward, float32 master parameters, loss and update).
     """
     _check_net_and_loss(net, loss)
     if not isinstance(epochs, int) or epochs <= 0:
@@ -251,6 +311,11 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     batch = n if batch_size is None else batch_size
     if batch > n:
         raise ValueError(f"fit: batch_size {batch} is larger than the {n} training examples")
+    mesh = data_mesh(devices) if devices is not None else None
+    if mesh is not None and batch % mesh.devices.size:
+        raise ValueError(f"fit: batch size {batch} does not divide by the {mesh.devices.size} "
+                         "devices; choose a multiple of the device count")
+    compute_dtype(precision)  # validates
     input_shape = (batch,) + x_np.shape[1:]
     out_shape = _output_shape(net, input_shape)
     x, y = _check_data("train_data", train_data, out_shape, loss)
@@ -263,7 +328,7 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     key = jax.random.key(seed)
     state = init_state(net, optimizer, jax.random.fold_in(key, 0), input_shape)
     shuffle_key = jax.random.fold_in(key, 1)
-    config = {"seed": seed, "batch_size": batch, "grad": grad, "n": n}
+    config = {"seed": seed, "batch_size": batch, "grad": grad, "n": n, "precision": precision}
     history: dict[str, Any] = {"epoch": [], "train_loss": [], "time_s": []}
     if val_data is not None:
         history.update(val_loss=[], val_accuracy=[])
@@ -275,11 +340,13 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         start, state, history, best = _resume(ckpt_path, state, config)
 
     scan = epoch_mode == "scan" or (epoch_mode == "auto" and x.nbytes + y.nbytes < 2**30)
-    run_epoch = _epoch_fn(_train_step(net, loss, optimizer, grad), n, batch, shuffle_key, scan)
+    run_epoch = _epoch_fn(_train_step(net, loss, optimizer, grad, precision, mesh), n, batch,
+                          shuffle_key, scan, mesh)
     x, y = _as_param_dtype(x, state.params), _as_param_dtype(y, state.params)
     if val_data is not None:
         xv, yv = _as_param_dtype(xv, state.params), _as_param_dtype(yv, state.params)
-    state = jax.tree_util.tree_map(jnp.asarray, state)
+    state = replicate(mesh, jax.tree_util.tree_map(jnp.asarray, state))
+    x, y = replicate(mesh, x), replicate(mesh, y)
 
     history["stopped"] = "epochs"
     bar = tqdm(range(start, epochs), initial=start, total=epochs, disable=not progress,
@@ -298,7 +365,8 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         history["epoch"].append(epoch + 1)
         history["train_loss"].append(train_loss)
         history["time_s"].append(seconds)
-        postfix = {"loss": f"{train_loss:.4g}", "samples/s": f"{(n // batch) * batch / seconds:.3g}"}
+        samples_per_s = (n // batch) * batch / seconds
+        postfix = {"loss": f"{train_loss:.4g}", "samples/s": f"{samples_per_s:.3g}"}
         stop = None
         if val_data is not None:
             val = evaluate(net, loss, state.params, xv, yv)

@@ -143,7 +143,8 @@ def test_resume_is_bitwise_equal(tmp_path):
     assert (ckpt / "checkpoint.safetensors").exists()
     resumed, hist = fit(small_net(), losses.softmax_cross_entropy, optax.adam(1e-2), (x, y),
                         epochs=6, checkpoint_dir=ckpt, **kw)
-    for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
+    leaves = zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params))
+    for a, b in leaves:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert int(resumed.step) == int(full.step)
     assert hist["train_loss"] == full_hist["train_loss"]
@@ -164,8 +165,8 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 BAD_INPUTS = [
     (lambda x, y: dict(train_data=(x[:0], y[:0])), ValueError, "empty"),
     (lambda x, y: dict(train_data=(x, y[:-1])), ValueError, "96 inputs but 95 targets"),
-    (lambda x, y: dict(train_data=(x, y), batch_size=0), ValueError, "batch_size must be a positive"),
-    (lambda x, y: dict(train_data=(x, y), batch_size=-4), ValueError, "batch_size must be a positive"),
+    (lambda x, y: dict(train_data=(x, y), batch_size=0), ValueError, "batch_size must"),
+    (lambda x, y: dict(train_data=(x, y), batch_size=-4), ValueError, "batch_size must"),
     (lambda x, y: dict(train_data=(x, y), batch_size=1000), ValueError, "larger than the 96"),
     (lambda x, y: dict(train_data=(x, y), epochs=0), ValueError, "epochs must be a positive"),
     (lambda x, y: dict(train_data=(x, np.where(y == 2, 7, y))), ValueError,
