@@ -1,6 +1,6 @@
 """The layer contract, and the input checks every layer shares.
 
-A layer is four things:
+A layer is four things (five for a layer with running statistics, see `Layer`):
 
     init(key, input_shape)              -> (output_shape, params)
     fwd(params, x, *, key, train)       -> (y, res)          # res: what the backward needs
@@ -40,6 +40,12 @@ class Layer:
     init: Callable[[Array, Shape], tuple[Shape, Params]]
     fwd: Callable[..., tuple[Array, Res]]
     bwd: Callable[[Params, Res, Array], tuple[Params, Array]]
+    # Layers with running statistics (batch_norm) also have
+    #   update_stats(params, res) -> stats
+    # giving those statistics as moved on by the training pass that produced `res`, in a
+    # params-shaped pytree with None at every other leaf (see `merge_stats`). Their
+    # gradient is zero; the train step sets them after the optimizer's update.
+    update_stats: Callable[[Params, Res], Any] | None = None
 
     def apply(self, params: Params, x: Array, *, key: Array | None = None,
               train: bool = False) -> Array:
@@ -48,6 +54,17 @@ class Layer:
 
     def __repr__(self) -> str:
         return self.name
+
+
+def merge_stats(params: Params, stats: Any) -> Params:
+    """`params` with the leaves that `stats` holds (not None) replaced by them."""
+    return jax.tree_util.tree_map(lambda s, p: p if s is None else s.astype(p.dtype),
+                                  stats, params, is_leaf=lambda s: s is None)
+
+
+def no_stats(params: Params) -> Any:
+    """The stats of a layer that keeps none: None at every leaf."""
+    return jax.tree_util.tree_map(lambda _: None, params)
 
 
 def default_float_dtype() -> jnp.dtype:
@@ -90,7 +107,7 @@ def check_input(name: str, x: Any, *, min_rank: int = 1, last_dim: int | None = 
 
 def check_no_params(name: str, params: Params) -> None:
     """A parameter-free layer must be given its own empty params, `{}`."""
-    if params != {}:
+    if not (isinstance(params, dict) and not params):
         raise ValueError(f"{name}: takes no parameters and expects params {{}}, "
                          f"got {_describe(params)} (params from another network?)")
 

@@ -59,32 +59,47 @@ def value_and_grad(net: Layer, loss: Loss, *, precision: str | None = None) -> G
     (float32 master) params; the loss and its gradient are computed in float32, and the
     parameter gradients come back in the params' own dtype, ready for a float32 update.
     """
-    _check_net_and_loss(net, loss)
-    low = compute_dtype(precision)
-
-    def f(params, x, y, *, key=None, train=True):
-        p_low, x_low = _to(low, params), _to(low, x)
-        pred, res = net.fwd(p_low, x_low, key=key, train=train)
-        value, loss_res = loss.fwd(_full(pred, low), y)
-        g = loss.bwd(loss_res, jnp.ones_like(value))  # ∂L/∂L = 1
-        grads, _ = net.bwd(p_low, res, g.astype(pred.dtype))
-        return value, jax.tree_util.tree_map(lambda d, p: d.astype(p.dtype), grads, params)
-
-    return f
+    f = training_pass(net, loss, grad="manual", precision=precision)
+    return lambda params, x, y, *, key=None, train=True: f(params, x, y, key=key, train=train)[:2]
 
 
 def autodiff_value_and_grad(net: Layer, loss: Loss, *, precision: str | None = None) -> GradFn:
     """The same function as `value_and_grad`, differentiated by `jax.value_and_grad`."""
+    f = training_pass(net, loss, grad="auto", precision=precision)
+    return lambda params, x, y, *, key=None, train=True: f(params, x, y, key=key, train=train)[:2]
+
+
+def training_pass(net: Layer, loss: Loss, *, grad: str = "manual",
+                  precision: str | None = None) -> Callable:
+    """f(params, x, y, *, key, train) -> (L, ∂L/∂params, params with running statistics
+    moved by this pass — or None when the net keeps none). `grad` picks "manual" (the
+    hand-written backward) or "auto" (jax.value_and_grad); nothing else differs."""
     _check_net_and_loss(net, loss)
+    if grad not in ("manual", "auto"):
+        raise ValueError(f"grad must be 'manual' (hand-written backprop) or 'auto' (jax.grad), "
+                         f"got {grad!r}")
     low = compute_dtype(precision)
 
-    def f(params, x, y, *, key=None, train=True):
-        def objective(params):
-            pred = net.apply(_to(low, params), _to(low, x), key=key, train=train)
-            return loss(_full(pred, low), y)
-        return jax.value_and_grad(objective)(params)
+    def forward(params, x, y, key, train):
+        pred, res = net.fwd(_to(low, params), _to(low, x), key=key, train=train)
+        value, loss_res = loss.fwd(_full(pred, low), y)
+        stats = None if net.update_stats is None else net.update_stats(params, res)
+        return value, (pred, res, loss_res, stats)
 
-    return f
+    def manual(params, x, y, *, key=None, train=True):
+        value, (pred, res, loss_res, stats) = forward(params, x, y, key, train)
+        g = loss.bwd(loss_res, jnp.ones_like(value))  # ∂L/∂L = 1
+        grads, _ = net.bwd(_to(low, params), res, g.astype(pred.dtype))
+        return value, jax.tree_util.tree_map(lambda d, p: d.astype(p.dtype), grads, params), stats
+
+    def auto(params, x, y, *, key=None, train=True):
+        def objective(params):
+            value, (*_, stats) = forward(params, x, y, key, train)
+            return value, stats
+        (value, stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return value, grads, stats
+
+    return manual if grad == "manual" else auto
 
 
 def _full(pred, low):

@@ -20,6 +20,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fbp.fused import linear_softmax_cross_entropy
+
 Array = jax.Array
 
 
@@ -111,24 +113,41 @@ def _ce_targets(name: str, logits, target) -> Array:
     """Integer labels (shape = logits.shape[:-1]) or a distribution (shape = logits.shape)."""
     _check_pred(name, logits)
     target = jnp.asarray(target)
-    if jnp.issubdtype(target.dtype, jnp.integer):
+    n_classes = logits.shape[-1]
+    if jnp.issubdtype(target.dtype, jnp.integer) and target.shape != logits.shape:
         if target.shape != logits.shape[:-1]:
             raise ValueError(f"{name}: integer labels must have shape logits.shape[:-1] = "
                              f"{tuple(logits.shape[:-1])}, got {tuple(target.shape)}")
+        try:  # concrete labels are checked here; traced ones cannot be (see _ce_fwd)
+            lo, hi = int(target.min()), int(target.max())
+        except jax.errors.ConcretizationTypeError:
+            lo, hi = 0, 0
+        if target.size and (lo < 0 or hi >= n_classes):
+            raise ValueError(f"{name}: labels must lie in [0, {n_classes}), got labels "
+                             f"from {lo} to {hi}")
         return target
     if target.shape != logits.shape:
         raise ValueError(f"{name}: expected integer labels of shape {tuple(logits.shape[:-1])} "
                          f"or one-hot/soft targets of shape {tuple(logits.shape)}, "
                          f"got {target.dtype} of shape {tuple(target.shape)}")
-    return target.astype(logits.dtype)
+    return target.astype(logits.dtype)  # one-hot (integer or float) or soft targets
 
 
 def _ce_fwd(logits, target):
-    """L = −(1/B) Σ_b Σ_c t_bc log softmax(z_b)_c, with log softmax(z) = z − max z − log Σ e^{z − max z}."""
+    """L = −(1/B) Σ_b Σ_c t_bc log softmax(z_b)_c, with log softmax(z) = z − max z − log Σ e^{z − max z}.
+
+    Integer labels t_b pick one term: −log softmax(z_b)_{t_b}. Under jit a label outside
+    [0, C) cannot be refused; it then adds nothing to L nor to the gradient (fit refuses
+    such labels before training).
+    """
     target = _ce_targets("softmax_cross_entropy", logits, target)
     log_p = jax.nn.log_softmax(logits, axis=-1)
     if jnp.issubdtype(target.dtype, jnp.integer):
-        nll = -jnp.take_along_axis(log_p, target[..., None], axis=-1)[..., 0]
+        n_classes = logits.shape[-1]
+        valid = (target >= 0) & (target < n_classes)
+        picked = jnp.take_along_axis(log_p, jnp.clip(target, 0, n_classes - 1)[..., None],
+                                     axis=-1)[..., 0]
+        nll = -jnp.where(valid, picked, 0)
     else:
         nll = -jnp.sum(target * log_p, axis=-1)
     return jnp.mean(nll), (log_p, target)
@@ -137,7 +156,7 @@ def _ce_fwd(logits, target):
 def _ce_bwd(res, g):
     """∂L/∂z_b = (softmax(z_b) Σ_c t_bc − t_b) / B   (= (p − t)/B for a one-hot or a distribution)."""
     log_p, target = res
-    if jnp.issubdtype(target.dtype, jnp.integer):
+    if jnp.issubdtype(target.dtype, jnp.integer):  # one_hot of an invalid label is all zeros
         target = jax.nn.one_hot(target, log_p.shape[-1], dtype=log_p.dtype)
     rows = log_p.size // log_p.shape[-1]
     p = jnp.exp(log_p)
@@ -166,4 +185,5 @@ def _bce_bwd(res, g):
 binary_cross_entropy = Loss("binary_cross_entropy", _bce_fwd, _bce_bwd)
 
 
-__all__ = ["Loss", "mse", "huber", "huber_loss", "softmax_cross_entropy", "binary_cross_entropy"]
+__all__ = ["Loss", "mse", "huber", "huber_loss", "softmax_cross_entropy", "binary_cross_entropy",
+           "linear_softmax_cross_entropy"]

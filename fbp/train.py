@@ -29,16 +29,10 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from fbp import checkpoint
-from fbp._layer import Layer, Params
-from fbp.backprop import (
-    _check_net_and_loss,
-    autodiff_value_and_grad,
-    compute_dtype,
-    value_and_grad,
-)
+from fbp._layer import Layer, Params, merge_stats
+from fbp.backprop import _check_net_and_loss, compute_dtype, training_pass
 from fbp.losses import Loss
 
-GRADS = {"manual": value_and_grad, "auto": autodiff_value_and_grad}
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
@@ -67,19 +61,17 @@ def _train_step(net: Layer, loss: Loss, optimizer, grad: str, precision: str | N
     parameters and optimizer state are replicated; the mean over the batch in the loss
     becomes, in XLA's SPMD partitioning, a sum across devices.
     """
-    _check_net_and_loss(net, loss)
-    if grad not in GRADS:
-        raise ValueError(f"grad must be 'manual' (hand-written backprop) or 'auto' (jax.grad), "
-                         f"got {grad!r}")
-    loss_and_grad = GRADS[grad](net, loss, precision=precision)
+    pass_ = training_pass(net, loss, grad=grad, precision=precision)
 
     def step(state: TrainState, x, y) -> tuple[TrainState, dict[str, jax.Array]]:
         if mesh is not None:
             x, y = shard_batch(mesh, x), shard_batch(mesh, y)
         key, dropout_key = jax.random.split(state.key)
-        value, grads = loss_and_grad(state.params, x, y, key=dropout_key, train=True)
+        value, grads, stats = pass_(state.params, x, y, key=dropout_key, train=True)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if stats is not None:  # running statistics (batch_norm) are set, not trained
+            params = merge_stats(params, stats)
         metrics = {"loss": value, "grad_norm": global_norm(grads)}
         return TrainState(params, opt_state, state.step + 1, key), metrics
 

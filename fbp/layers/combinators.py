@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from fbp._layer import Layer, check_input, check_shape, split_key
+from fbp._layer import Layer, check_input, check_shape, no_stats, split_key
 
 
 def _check_children(name: str, params, n: int) -> None:
@@ -29,6 +29,18 @@ def _check_layers(name: str, layers) -> tuple[Layer, ...]:
             raise TypeError(f"{name}: argument {i} is not a Layer but {type(layer).__name__} "
                             "(did you pass `relu` instead of `relu()`?)")
     return tuple(layers)
+
+
+def _children_update_stats(layers, children_res):
+    """update_stats for a combinator whose params and residuals are one entry per child."""
+    if all(layer.update_stats is None for layer in layers):
+        return None
+
+    def update_stats(params, res):
+        return tuple(no_stats(p) if layer.update_stats is None else layer.update_stats(p, r)
+                     for layer, p, r in zip(layers, params, children_res(res)))
+
+    return update_stats
 
 
 def serial(*layers: Layer) -> Layer:
@@ -63,7 +75,7 @@ def serial(*layers: Layer) -> Layer:
             grads[i], g = layers[i].bwd(params[i], res[i], g)
         return tuple(grads), g
 
-    return Layer(name, init, fwd, bwd)
+    return Layer(name, init, fwd, bwd, _children_update_stats(layers, lambda res: res))
 
 
 def residual(layer: Layer) -> Layer:
@@ -90,7 +102,7 @@ def residual(layer: Layer) -> Layer:
         grads, dx_f = layer.bwd(params, res, g)
         return grads, g + dx_f
 
-    return Layer(name, init, fwd, bwd)
+    return Layer(name, init, fwd, bwd, layer.update_stats)
 
 
 def parallel(*layers: Layer, merge: str = "concat") -> Layer:
@@ -153,4 +165,5 @@ def parallel(*layers: Layer, merge: str = "concat") -> Layer:
             dx = dx_k if dx is None else dx + dx_k
         return tuple(grads), dx
 
-    return Layer(name, init, fwd, bwd)
+    branch_res = (lambda res: res) if merge == "sum" else (lambda res: res[0])
+    return Layer(name, init, fwd, bwd, _children_update_stats(layers, branch_res))

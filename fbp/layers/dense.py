@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 
@@ -21,8 +23,9 @@ def dense(features: int, *, use_bias: bool = True,
         ∂b = Σ_rows g
         ∂x = g Wᵀ
     """
-    if not isinstance(features, int) or isinstance(features, bool) or features <= 0:
+    if not isinstance(features, numbers.Integral) or isinstance(features, bool) or features <= 0:
         raise ValueError(f"dense: features must be a positive int, got {features!r}")
+    features = int(features)
     name = f"dense({features})"
 
     def init(key, input_shape):
@@ -44,6 +47,7 @@ def dense(features: int, *, use_bias: bool = True,
     # fwd :: (P, X) -> (Y, res = x)
     def fwd(params, x, *, key=None, train=False):
         del key, train
+        check_input(name, x)
         w = params.get("w") if isinstance(params, dict) else None
         n_in = w.shape[0] if w is not None and w.ndim == 2 else x.shape[-1]
         check_param_shapes(name, params, expected_shapes(n_in))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +42,9 @@ def dropout(rate: float) -> Layer:
     Backward: dx = g ⊙ m / (1 − p)  (the same mask; identity outside training).
     Training needs a PRNG key: `apply(params, x, key=key, train=True)`.
     """
-    if not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+    if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not 0 <= rate < 1:
         raise ValueError(f"dropout: rate (the probability to drop) must be in [0, 1), got {rate!r}")
+    rate = float(rate)
     name = f"dropout({rate})"
 
     def init(key, input_shape):
