@@ -1,0 +1,129 @@
+"""How things are measured: interleaved wall-clock timing, compile time, XLA's cost and memory.
+
+    times = interleaved({"manual": run_a, "auto": run_b}, repeats=30)   # A B B A A B ...
+    stats = compile_stats(jax.jit(step), state, x, y)   # lower + compile a fresh function
+    summary(times["manual"])                             # median, min, max
+
+Every timed call is followed by `jax.block_until_ready` on its result, so a time is the
+whole step as the caller sees it: dispatch + device work. Interleaving the contenders in
+one process makes slow drift (other processes, frequency scaling, thermals) hit both alike.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import jax
+
+
+def interleaved(runners: dict[str, Callable[[], Any]], *, repeats: int,
+                warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of each runner, called in turn `repeats` times: A B C, then C B A,
+    and so on, so that no runner always goes first (after another's work, or after a pause).
+
+    Each runner is first called `warmup` times (compilation and first-touch costs),
+    so the times are of the steady state.
+    """
+    for run in runners.values():
+        for _ in range(warmup):
+            jax.block_until_ready(run())
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    order = list(runners.items())
+    for i in range(repeats):
+        for name, run in order if i % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            jax.block_until_ready(run())
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    """The median (the number reported), with min and max to show the spread."""
+    return {"step_time_s": statistics.median(times), "step_time_min_s": min(times),
+            "step_time_max_s": max(times)}
+
+
+def _first_dict(analysis: Any) -> dict | None:
+    """`cost_analysis()` is a dict (JAX ≥ 0.4.3x) or a list of one dict per module (older)."""
+    if isinstance(analysis, dict):
+        return analysis
+    if isinstance(analysis, (list, tuple)):
+        return next((a for a in analysis if isinstance(a, dict) and a), None)
+    return None
+
+
+def cost_flops(compiled) -> float | None:
+    """XLA's flop count for one call of a compiled function (None where it gives none)."""
+    try:
+        cost = _first_dict(compiled.cost_analysis())
+    except Exception:  # not every backend implements it
+        return None
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops is not None and flops > 0 else None
+
+
+def memory_stats(compiled) -> dict[str, int | None]:
+    """Bytes XLA allocates for one call: temporaries, arguments, outputs (None when unknown)."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:
+        stats = None
+    fields = {"temp_bytes": "temp_size_in_bytes", "argument_bytes": "argument_size_in_bytes",
+              "output_bytes": "output_size_in_bytes", "alias_bytes": "alias_size_in_bytes"}
+    out = {}
+    for key, attr in fields.items():
+        value = getattr(stats, attr, None) if stats is not None else None
+        out[key] = int(value) if value is not None else None
+    return out
+
+
+def compile_stats(jitted, *args) -> tuple[dict[str, Any], Any]:
+    """Trace + lower, then compile `jitted` for `args`; the times, flops and memory, and the
+    compiled executable. `jitted` should be a fresh `jax.jit` object, or the times are of
+    cache hits."""
+    t0 = time.perf_counter()
+    lowered = jitted.lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    stats = {"lower_time_s": t1 - t0, "compile_time_s": t2 - t1, "flops": cost_flops(compiled)}
+    stats.update(memory_stats(compiled))
+    return stats, compiled
+
+
+class NoDevice(ValueError):
+    """The requested platform has no device here."""
+
+
+def pick_device(platform_name: str | None):
+    """The first device of a platform ("cpu", "gpu"), or JAX's default device."""
+    if platform_name is None:
+        return jax.devices()[0]
+    try:
+        return jax.devices(platform_name)[0]
+    except RuntimeError as e:
+        raise NoDevice(f"no {platform_name} device available to JAX ({e}); "
+                         f"available: {[str(d) for d in jax.devices()]}") from None
+
+
+def environment(device) -> dict[str, Any]:
+    """Where and with what a number was measured; stored in every record."""
+    import jaxlib
+
+    return {
+        "device": f"{device.platform}: {device.device_kind}",
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "jax_version": jax.__version__,
+        "jaxlib_version": getattr(jaxlib, "__version__", None),
+        "python_version": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "matmul_precision": getattr(jax.config, "jax_default_matmul_precision", None),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,280 @@
+"""The suite: the same train step with manual and with automatic gradients, side by side.
+
+For each MLP config: one jitted `fbp.train.make_step` per gradient ("manual": the
+hand-written backward, "auto": `jax.grad`), same initial state, same batch, compiled
+fresh (timed), warmed up, then timed interleaved. Beside them: the measured matmul
+rate (the ceiling a step's flops are compared with) and one epoch as a compiled
+`lax.scan` vs a Python loop of steps, through `fbp.train.fit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from benchmarks import measure
+from benchmarks.configs import CONFIGS, DEFAULT_CONFIGS, QUICK_CONFIGS, Config
+
+LEARNING_RATE = 0.01
+SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What to run and how often (the defaults are the full suite)."""
+
+    configs: tuple[str, ...] = DEFAULT_CONFIGS
+    dtype: str = "float32"
+    device: str | None = None  # "cpu", "gpu" or None for JAX's default
+    repeats: int = 30
+    warmup: int = 3
+    compile_repeats: int = 2  # fresh compiles per gradient; the min is reported
+    matmul_size: int = 2048
+    # scan vs steps cases: (MLP sizes, batch, examples, epochs timed, rounds)
+    epoch_modes: tuple = (((784, 256, 256, 10), 128, 8192, 5, 2),
+                          ((64, 32, 32, 10), 32, 4096, 5, 2))
+    peers: bool = False
+    progress: bool = True
+
+
+def quick_settings(**overrides) -> Settings:
+    """Tiny configs and few repetitions: a smoke test that runs in seconds."""
+    base = dict(configs=QUICK_CONFIGS, repeats=5, warmup=2, compile_repeats=1, matmul_size=256,
+                epoch_modes=(((64, 32, 10), 32, 512, 2, 1),))
+    base.update(overrides)
+    return Settings(**base)
+
+
+def _put(a: np.ndarray, dtype, device) -> jax.Array:
+    """A host array, cast on the host (no XLA compile for the cast), onto the device."""
+    return jax.device_put(np.asarray(a).astype(jnp.dtype(dtype)), device)
+
+
+def _batch(sizes, batch_size, dtype, device):
+    """Random inputs (standard normal) and integer labels, from a fixed numpy seed."""
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((batch_size, sizes[0]))
+    y = rng.integers(0, sizes[-1], batch_size)
+    return _put(x, dtype, device), _put(y, np.int32, device)
+
+
+def _initial_state(net, optimizer, input_shape, dtype, device):
+    """A `TrainState` shaped by `net.init`, filled from numpy (fixed seed): weights Glorot-
+    uniform, biases zero. (Drawing them with jax.random would compile XLA programs for the
+    initializers, seconds on a small CPU, for numbers the timing does not depend on.)"""
+    from fbp.train import TrainState
+
+    shapes = jax.eval_shape(lambda key: net.init(key, input_shape)[1], jax.random.key(SEED))
+    rng = np.random.default_rng(SEED)
+
+    def leaf(s):
+        if len(s.shape) == 2:
+            limit = np.sqrt(6 / sum(s.shape))
+            return _put(rng.uniform(-limit, limit, s.shape), dtype, device)
+        return _put(np.zeros(s.shape), dtype, device)
+
+    params = jax.tree_util.tree_map(leaf, shapes)
+    with jax.default_device(device):
+        state = TrainState(params, optimizer.init(params), np.zeros((), np.int32),
+                           jax.random.key(SEED))
+    # every leaf committed to the device, like the step's outputs: a mix of committed and
+    # uncommitted inputs would make the second call compile again
+    return jax.device_put(state, device)
+
+
+def _stepper(step, state, x, y):
+    """A runner for `measure.interleaved`: one step on the donated state, kept in a box."""
+    box = {"state": state}
+
+    def run():
+        box["state"], box["metrics"] = step(box["state"], x, y)
+        return box["state"], box["metrics"]
+
+    return run, box
+
+
+class MatmulProbe:
+    """The measured rate of one large square GEMM in the benchmark dtype (flops/s).
+
+    Timed in bursts, one before the first config and one after each, so that the samples
+    span the whole run. The ceiling the steps are compared with is the best (least
+    disturbed) product: on a shared machine a burst can land in a busy moment, and a
+    median-of-bursts ceiling would then make a step seem to beat the GEMM.
+    """
+
+    def __init__(self, settings: Settings, device):
+        n = self.n = settings.matmul_size
+        rng = np.random.default_rng(SEED)
+        a, b = (_put(rng.standard_normal((n, n)), settings.dtype, device) for _ in range(2))
+        self.stats, _ = measure.compile_stats(jax.jit(jnp.matmul), a, b)
+        matmul = jax.jit(jnp.matmul)
+        self.run = lambda: matmul(a, b)
+        self.flops = 2.0 * n**3
+        self.burst_size = min(10, max(3, settings.repeats // 4))
+        self.warmup = settings.warmup
+        self.samples: list[float] = []
+        self.burst_rates: list[float] = []
+
+    def burst(self) -> list[float]:
+        """Time `burst_size` products; their times."""
+        times = measure.interleaved({"matmul": self.run}, repeats=self.burst_size,
+                                    warmup=self.warmup if not self.samples else 1)["matmul"]
+        self.samples += times
+        self.burst_rates.append(self.flops / statistics.median(times))
+        return times
+
+    def record(self) -> dict[str, Any]:
+        record = {"kind": "matmul", "config": f"matmul {self.n}x{self.n} @ {self.n}x{self.n}",
+                  "n": self.n, **self.stats, **measure.summary(self.samples),
+                  "repeats": len(self.samples), "xla_flops": self.stats["flops"],
+                  "flops": self.flops, "burst_rates": self.burst_rates}
+        record["flops_per_s"] = self.flops / record["step_time_s"]  # at the median time
+        record["peak_flops_per_s"] = self.flops / record["step_time_min_s"]  # the ceiling
+        return record
+
+
+def bench_config(config: Config, settings: Settings,
+                 device) -> tuple[list[dict[str, Any]], list[str]]:
+    """Records for the manual and auto steps (and peers) of one config; notes on skipped peers."""
+    from fbp import losses
+    from fbp.cli import mlp
+    from fbp.optim import gd
+    from fbp.train import make_step
+
+    net = mlp(config.hidden, config.sizes[-1])
+    loss, optimizer = losses.softmax_cross_entropy, gd(LEARNING_RATE)
+    x, y = _batch(config.sizes, config.batch_size, settings.dtype, device)
+    states = {grad: _initial_state(net, optimizer, x.shape, settings.dtype, device)
+              for grad in ("manual", "auto")}  # the same numbers; each step donates its own
+    n_params = sum(p.size for p in jax.tree_util.tree_leaves(states["manual"].params))
+    assert n_params == config.params, (n_params, config.params)
+
+    stats: dict[str, dict] = {}
+    steps = {}
+    for _ in range(settings.compile_repeats):  # manual, auto, manual, auto, ...
+        for grad in ("manual", "auto"):
+            steps[grad] = make_step(net, loss, optimizer, grad=grad)  # a fresh jit object
+            s, _ = measure.compile_stats(steps[grad], states[grad], x, y)
+            if grad in stats:
+                s["compile_time_s"] = min(s["compile_time_s"], stats[grad]["compile_time_s"])
+                s["lower_time_s"] = min(s["lower_time_s"], stats[grad]["lower_time_s"])
+            stats[grad] = s
+    runners, boxes, meta = {}, {}, {}
+    for grad in ("manual", "auto"):
+        runners[grad], boxes[grad] = _stepper(steps[grad], states[grad], x, y)
+        meta[grad] = {"framework": "fbp", "grad": grad, **stats[grad]}
+
+    notes: list[str] = []
+    if settings.peers:
+        from benchmarks import peers
+
+        for name in peers.PEERS:
+            try:
+                peer = peers.build(name, config, x, y, settings.dtype, device, LEARNING_RATE)
+            except peers.Unavailable as e:
+                notes.append(f"{name}: skipped ({e})")
+                continue
+            s = measure.compile_stats(peer.fresh_jit(), *peer.lower_args)[0] \
+                if peer.fresh_jit is not None else {}
+            runners[name] = peer.run
+            meta[name] = {"framework": name, "grad": peer.grad, "peer_version": peer.version, **s}
+
+    times = measure.interleaved(runners, repeats=settings.repeats, warmup=settings.warmup)
+    common = {"config": config.name, "layers": config.layers, "sizes": list(config.sizes),
+              "params": n_params, "batch_size": config.batch_size, "dtype": settings.dtype,
+              "repeats": settings.repeats, "optimizer": f"gd({LEARNING_RATE})",
+              "loss": loss.name, **measure.environment(device)}
+    records = []
+    for name in runners:
+        r = {"kind": "step" if name in ("manual", "auto") else "peer", **common, **meta[name],
+             **measure.summary(times[name])}
+        r["samples_per_s"] = config.batch_size / r["step_time_s"]
+        flops = r.get("flops")
+        r["flops_per_s"] = flops / r["step_time_s"] if flops else None
+        if name in boxes:  # same init, batch and number of steps: manual and auto agree
+            r["final_loss"] = float(boxes[name]["metrics"]["loss"])
+        records.append(r)
+    ratio = records[0]["step_time_s"] / records[1]["step_time_s"]
+    for r in records:
+        if r["kind"] == "step":
+            r["manual_over_auto"] = ratio
+        else:
+            r["fbp_manual_over_peer"] = records[0]["step_time_s"] / r["step_time_s"]
+            r["fbp_auto_over_peer"] = records[1]["step_time_s"] / r["step_time_s"]
+    return records, notes
+
+
+def bench_epoch_modes(case, device) -> dict[str, Any]:
+    """`fit(epoch_mode="scan")` vs `fit(epoch_mode="steps")`: samples/s of the epochs after the
+    first (which compiles), from fit's own per-epoch times; the two modes alternate."""
+    from fbp import losses
+    from fbp.cli import mlp
+    from fbp.optim import gd
+    from fbp.train import fit
+
+    sizes, batch_size, n, epochs, rounds = case
+    net, loss = mlp(sizes[1:-1], sizes[-1]), losses.softmax_cross_entropy
+    rng = np.random.default_rng(SEED)
+    with jax.default_device(device):
+        # fit makes its params in the default float dtype: float32, or float64 under x64
+        dtype = jax.dtypes.canonicalize_dtype(np.float64)
+        x = rng.standard_normal((n, sizes[0])).astype(dtype)
+        y = rng.integers(0, sizes[-1], n).astype(np.int32)
+        epoch_s = {"scan": [], "steps": []}
+        first_s = {"scan": [], "steps": []}
+        for _ in range(rounds):
+            for mode in ("scan", "steps"):
+                _, history = fit(net, loss, gd(LEARNING_RATE), (x, y), epochs=1 + epochs,
+                                 batch_size=batch_size, epoch_mode=mode, progress=False,
+                                 seed=SEED)
+                first_s[mode].append(history["time_s"][0])
+                epoch_s[mode] += history["time_s"][1:]
+    samples = (n // batch_size) * batch_size
+    record = {"kind": "epoch_mode", "config": "scan_vs_steps", "sizes": list(sizes),
+              "layers": "-".join(map(str, sizes)), "batch_size": batch_size, "n": n,
+              "steps_per_epoch": n // batch_size, "epochs_timed": len(epoch_s["scan"]),
+              "dtype": str(np.dtype(dtype)), "grad": "manual", **measure.environment(device)}
+    for mode in ("scan", "steps"):
+        record[f"{mode}_epoch_s"] = statistics.median(epoch_s[mode])
+        record[f"{mode}_epoch_min_s"] = min(epoch_s[mode])
+        record[f"{mode}_epoch_max_s"] = max(epoch_s[mode])
+        record[f"{mode}_first_epoch_s"] = statistics.median(first_s[mode])
+        record[f"{mode}_samples_per_s"] = samples / record[f"{mode}_epoch_s"]
+    record["scan_over_steps"] = record["scan_samples_per_s"] / record["steps_samples_per_s"]
+    return record
+
+
+def run(settings: Settings) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run the suite; the records (a `run` record first) and notes for the report."""
+    if settings.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    device = measure.pick_device(settings.device)
+    notes: list[str] = []
+    probe = MatmulProbe(settings, device)
+    probe.burst()
+    records = []
+    for name in tqdm(settings.configs, desc="bench", unit="config", disable=not settings.progress):
+        config_records, config_notes = bench_config(CONFIGS[name], settings, device)
+        probe.burst()
+        records += config_records
+        notes += [n for n in config_notes if n not in notes]
+    matmul = probe.record()
+    for r in records:  # a step's flops/s (at its median time) over the measured GEMM ceiling
+        r["matmul_peak_flops_per_s"] = matmul["peak_flops_per_s"]
+        r["matmul_fraction"] = (r["flops_per_s"] / matmul["peak_flops_per_s"]
+                                if r["flops_per_s"] else None)
+    records.insert(0, matmul)
+    records += [bench_epoch_modes(case, device) for case in settings.epoch_modes]
+    for r in records:
+        r.setdefault("dtype", settings.dtype)
+        for k, v in measure.environment(device).items():
+            r.setdefault(k, v)
+    head = {"kind": "run", "settings": dataclasses.asdict(settings), "notes": notes,
+            **measure.environment(device)}
+    return [head] + records, notes
