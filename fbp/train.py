@@ -243,13 +243,14 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
             return state, jnp.mean(metrics["loss"])
         return jax.jit(scanned, donate_argnums=0)
 
-    step_jit = jax.jit(step, donate_argnums=0)
+    # one dispatch per step; the batch is sliced inside the jitted step, not eagerly
+    step_at = jax.jit(lambda state, xb, yb, i: step(state, xb[i], yb[i]), donate_argnums=0)
 
     def looped(state, x, y, epoch):
         xb, yb = batches(x, y, epoch)
         losses = []
         for i in range(steps):
-            state, metrics = step_jit(state, xb[i], yb[i])
+            state, metrics = step_at(state, xb, yb, i)
             losses.append(metrics["loss"])
         return state, jnp.mean(jnp.stack(losses))
     return looped
