@@ -54,5 +54,63 @@ CASES = {
 }
 
 
+def _image(rng, channels=None):
+    """(batch, height, width, channels), tiny."""
+    return (int(rng.integers(1, 4)), int(rng.integers(3, 8)), int(rng.integers(3, 8)),
+            int(channels or rng.integers(1, 5)))
+
+
+def _window_padding(rng):
+    """'SAME', 'VALID' or explicit ((lo, hi), (lo, hi)) with each side < 2."""
+    kind = rng.integers(3)
+    if kind == 2:
+        return tuple((int(rng.integers(0, 2)), int(rng.integers(0, 2))) for _ in range(2))
+    return ("SAME", "VALID")[kind]
+
+
+def _conv2d(rng):
+    kernel = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    strides = (int(rng.integers(1, 3)), int(rng.integers(1, 4)))
+    layer = L.conv2d(int(rng.integers(1, 5)), kernel, strides=strides,
+                     padding=_window_padding(rng), dilation=(1, 2)[rng.integers(2)],
+                     use_bias=bool(rng.integers(2)))
+    return layer, (int(rng.integers(1, 4)), 7, 6, int(rng.integers(1, 5))), False
+
+
+def _pool(make):
+    def build(rng):
+        window = (2, int(rng.integers(2, 4)))
+        strides = (None, 1, (2, 1))[rng.integers(3)]
+        return make(window, strides=strides, padding=_window_padding(rng)), _image(rng), False
+    return build
+
+
+def _seq(rng, width):
+    """(batch, seq, width), tiny."""
+    return (int(rng.integers(1, 4)), int(rng.integers(1, 6)), width)
+
+
+def _attention(rng):
+    heads = int(rng.integers(1, 4))
+    layer = L.multi_head_attention(heads, causal=bool(rng.integers(2)))
+    return layer, _seq(rng, heads * int(rng.integers(1, 3))), False
+
+
+CASES.update({
+    "conv2d": _conv2d,
+    "max_pool": _pool(L.max_pool),
+    "avg_pool": _pool(L.avg_pool),
+    "global_avg_pool": lambda rng: (L.global_avg_pool(), _image(rng), False),
+    "layer_norm": lambda rng: (L.layer_norm(), _seq(rng, int(rng.integers(3, 9))), False),
+    "multi_head_attention": _attention,
+    "batch_norm": lambda rng: (L.batch_norm(0.9), (int(rng.integers(2, 6)), int(rng.integers(1, 6))),
+                               False),
+    "batch_norm_nhwc": lambda rng: (L.batch_norm(0.5), (2, 3, 2, int(rng.integers(1, 4))), False),
+    # transformer_block is serial/residual of these (its bwd is their composition); its
+    # eager run here costs more than all the others together, so test_layers_more checks
+    # it, jitted, through fbp.value_and_grad.
+})
+
+
 def rng_for(name, seed):
     return np.random.default_rng([zlib.crc32(name.encode()), seed])

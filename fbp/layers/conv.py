@@ -55,7 +55,8 @@ def _check_nhwc(name: str, shape) -> None:
                          f"channels), got shape {tuple(shape)}")
 
 
-def window_pads(name: str, padding: str | Pads, in_hw, eff_window, strides) -> Pads:
+def window_pads(name: str, padding: str | Pads, in_hw, eff_window, strides, *,
+                what: str = "window") -> Pads:
     """The explicit ((lo, hi), (lo, hi)) padding, checked: every window fits the padded input.
 
     SAME pads the fewest zeros so that m = ⌈n / s⌉, the odd one at the high end (as XLA).
@@ -72,10 +73,9 @@ def window_pads(name: str, padding: str | Pads, in_hw, eff_window, strides) -> P
         pads = padding
     for n, k, (lo, hi) in zip(in_hw, eff_window, pads):
         if n + lo + hi < k:
-            padded = "" if padding == "VALID" else f" padded by {pads} ({padding!r})"
-            raise ValueError(f"{name}: the (dilated) window {tuple(eff_window)} is larger than "
-                             f"the input {tuple(in_hw)}{padded}; no window fits ('VALID' "
-                             "needs height and width ≥ the window)")
+            padded = f"with padding {padding!r}" if isinstance(padding, str) else f"padded by {pads}"
+            raise ValueError(f"{name}: the {what} {tuple(eff_window)} is larger than "
+                             f"the input {tuple(in_hw)} {padded}, so not one window fits")
     return pads
 
 
@@ -113,12 +113,13 @@ def conv2d(features: int, kernel_size, *, strides=1, padding="SAME", dilation=1,
     dilation = _pair(name, "dilation", dilation)
     padding = _padding_arg(name, padding)
     eff_kernel = tuple((k - 1) * d + 1 for k, d in zip(kernel_size, dilation))
+    kernel_what = "kernel" if dilation == (1, 1) else "dilated kernel"
 
     def init(key, input_shape):
-        input_shape = check_shape(name, input_shape, min_rank=4)
+        input_shape = check_shape(name, input_shape)
         _check_nhwc(name, input_shape)
         n, h, w, c = input_shape
-        pads = window_pads(name, padding, (h, w), eff_kernel, strides)
+        pads = window_pads(name, padding, (h, w), eff_kernel, strides, what=kernel_what)
         out_h, out_w = window_out_hw((h, w), eff_kernel, strides, pads)
         dtype = default_float_dtype()
         w_key, b_key = jax.random.split(key)
@@ -142,7 +143,7 @@ def conv2d(features: int, kernel_size, *, strides=1, padding="SAME", dilation=1,
         c_in = w.shape[2] if w is not None and w.ndim == 4 else x.shape[-1]
         check_param_shapes(name, params, expected_shapes(c_in))
         check_input(name, x, last_dim=c_in)
-        pads = window_pads(name, padding, x.shape[1:3], eff_kernel, strides)
+        pads = window_pads(name, padding, x.shape[1:3], eff_kernel, strides, what=kernel_what)
         y = lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation,
                                      dimension_numbers=_DIMS)
         if use_bias:
@@ -160,7 +161,8 @@ def conv2d(features: int, kernel_size, *, strides=1, padding="SAME", dilation=1,
 
         # ∂W: x̃ correlated with g (dilated by s) over the batch; x is the lhs with N as its
         # feature axis ("CHWN"), g the rhs with N as its input axis ("IHWO"); the result's
-        # spatial axes are the kernel taps i, j, reached by stepping d.
+        # spatial axes are the kernel taps i, j, reached by stepping d (the high padding
+        # less the r unread positions, so that exactly k taps come out).
         dw = lax.conv_general_dilated(
             x, g, window_strides=dilation,
             padding=[(lo, hi - r) for (lo, hi), r in zip(pads, rem)],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numbers
 
 import jax
-import jax.numpy as jnp
 
 from fbp._layer import Layer, check_input, check_param_shapes, check_shape, default_float_dtype
 

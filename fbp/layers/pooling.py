@@ -11,6 +11,7 @@ added back into that same slice.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from fbp._layer import Layer, check_input, check_no_params, check_shape
@@ -39,7 +40,7 @@ def _pool_layer(kind: str, window, strides, padding, fwd, bwd) -> Layer:
 
     def init(key, input_shape):
         del key
-        input_shape = check_shape(name, input_shape, min_rank=4)
+        input_shape = check_shape(name, input_shape)
         _check_nhwc(name, input_shape)
         n, h, w, c = input_shape
         pads = window_pads(name, padding, (h, w), window, strides)
@@ -81,7 +82,7 @@ def max_pool(window, *, strides=None, padding="VALID") -> Layer:
     """
     # fwd :: X -> (Y, res = (x, pads))
     def fwd(x, pads, window, strides):
-        neg_inf = jnp.array(-jnp.inf, x.dtype)
+        neg_inf = np.array(-np.inf, x.dtype)  # concrete, so XLA sees a max-pool it can differentiate
         y = lax.reduce_window(x, neg_inf, lax.max, (1, *window, 1), (1, *strides, 1),
                               ((0, 0), *pads, (0, 0)))
         return y, (x, pads)
@@ -113,7 +114,7 @@ def avg_pool(window, *, strides=None, padding="VALID") -> Layer:
     then ∂x = ∂x̃ without the padding (the padding's share is dropped, as it is not counted).
     """
     def window_sum(a, pads, window, strides):
-        return lax.reduce_window(a, jnp.array(0, a.dtype), lax.add, (1, *window, 1),
+        return lax.reduce_window(a, np.array(0, a.dtype), lax.add, (1, *window, 1),
                                  (1, *strides, 1), ((0, 0), *pads, (0, 0)))
 
     # fwd :: X -> (Y, res = (|w|, x shape, pads))
@@ -143,7 +144,7 @@ def global_avg_pool() -> Layer:
 
     def init(key, input_shape):
         del key
-        input_shape = check_shape(name, input_shape, min_rank=4)
+        input_shape = check_shape(name, input_shape)
         _check_nhwc(name, input_shape)
         return (input_shape[0], input_shape[3]), {}
 

@@ -6,7 +6,6 @@ import math
 import numbers
 
 import jax
-import jax.numpy as jnp
 
 from fbp._layer import Layer, check_input, check_no_params, check_shape
 
