@@ -11,11 +11,17 @@ from itertools import pairwise
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """An MLP 784 → hidden … → 10 (ReLU) and the batch it is timed on."""
+    """An MLP 784 → hidden … → 10 (ReLU) and the batch it is timed on — or, with `kind`
+    "cnn" / "transformer", one of the layer-zoo models (built in `suite.build_model`);
+    `sizes` is then (input features, output classes) and `example` the shape of one
+    example."""
 
     name: str
     sizes: tuple[int, ...]  # input, hidden..., output
     batch_size: int
+    kind: str = "mlp"
+    example: tuple[int, ...] = ()
+    description: str = ""
 
     @property
     def hidden(self) -> tuple[int, ...]:
@@ -27,6 +33,8 @@ class Config:
 
     @property
     def layers(self) -> str:
+        if self.kind != "mlp":
+            return self.description
         inner = self.sizes[1:-1]
         if len(inner) > 3 and len(set(inner)) == 1:
             return f"{self.sizes[0]}-{len(inner)}×{inner[0]}-{self.sizes[-1]}"
@@ -38,9 +46,13 @@ CONFIGS = {c.name: c for c in [
     Config("medium", (784, 1024, 1024, 10), 512),
     Config("large", (784, 2048, 2048, 10), 1024),
     Config("deep", (784,) + (512,) * 16 + (10,), 256),
+    Config("cnn", (784, 10), 128, kind="cnn", example=(28, 28, 1),
+           description="conv3×3(32)-relu-maxpool2-conv3×3(64)-relu-maxpool2-dense(128)-dense(10)"),
+    Config("transformer", (256, 256), 16, kind="transformer", example=(128, 256),
+           description="2 × transformer_block(d=256, 8 heads, causal), seq 128, dense(256) per token"),
     # --quick
     Config("tiny", (64, 32, 32, 10), 32),
     Config("tiny-deep", (64,) + (32,) * 6 + (10,), 16),
 ]}
-DEFAULT_CONFIGS = ("small", "medium", "large", "deep")
+DEFAULT_CONFIGS = ("small", "medium", "large", "deep", "cnn", "transformer")
 QUICK_CONFIGS = ("tiny", "tiny-deep")

@@ -133,6 +133,18 @@ def markdown(records: list[dict[str, Any]], notes: list[str]) -> str:
                          f"| {_num(e[f'{mode}_samples_per_s'], ',.0f')} "
                          f"| {_num(e[f'{mode}_first_epoch_s'], '.0f', 1e3)} |")
         lines += ["", f"scan / steps throughput: **{e['scan_over_steps']:.2f}×**"]
+    for f in _of(records, "fused_ce"):
+        lines += ["", f"Softmax cross-entropy of logits x W, loss and gradient: {f['tokens']} "
+                  f"tokens, d = {f['d']}, vocabulary {f['vocab']:,} — unfused (dense layer + "
+                  f"loss, logits materialized) vs `linear_softmax_cross_entropy` (chunks of "
+                  f"{f['chunk_size']}):", "",
+                  "| | ms | temp MiB | loss |", "|---|---:|---:|---:|"]
+        for name in ("unfused", "fused"):
+            lines.append(f"| {name} | {_num(f[f'{name}_step_time_s'], '.1f', 1e3)} "
+                         f"| {_num(f.get(f'{name}_temp_bytes'), '.1f', 1 / MiB)} "
+                         f"| {f[f'{name}_loss']:.6f} |")
+        lines += ["", f"temporary memory unfused / fused: **{f['temp_ratio']:.1f}×**; "
+                  f"time fused / unfused: **{f['time_ratio']:.2f}**"]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     lines += ["", "Columns and method: see benchmarks/README.md.", ""]

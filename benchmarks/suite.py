@@ -38,7 +38,10 @@ class Settings:
     matmul_size: int = 2048
     # scan vs steps cases: (MLP sizes, batch, examples, epochs timed, rounds)
     epoch_modes: tuple = (((784, 256, 256, 10), 128, 8192, 5, 2),
-                          ((64, 32, 32, 10), 32, 4096, 5, 2))
+                          ((64, 32, 32, 10), 32, 4096, 5, 2),
+                          ((4, 16, 3), 8, 2048, 5, 2))
+    # fused linear + cross-entropy vs dense + softmax_cross_entropy: (tokens, d, vocab, chunk)
+    fused_ce: tuple | None = (4096, 256, 32768, 2048)
     peers: bool = False
     progress: bool = True
 
@@ -46,7 +49,7 @@ class Settings:
 def quick_settings(**overrides) -> Settings:
     """Tiny configs and few repetitions: a smoke test that runs in seconds."""
     base = dict(configs=QUICK_CONFIGS, repeats=5, warmup=2, compile_repeats=1, matmul_size=256,
-                epoch_modes=(((64, 32, 10), 32, 512, 2, 1),))
+                epoch_modes=(((64, 32, 10), 32, 512, 2, 1),), fused_ce=(256, 32, 2048, 512))
     base.update(overrides)
     return Settings(**base)
 
@@ -56,12 +59,29 @@ def _put(a: np.ndarray, dtype, device) -> jax.Array:
     return jax.device_put(np.asarray(a).astype(jnp.dtype(dtype)), device)
 
 
-def _batch(sizes, batch_size, dtype, device):
+def _batch(sizes, batch_size, dtype, device, example=None, label_shape=()):
     """Random inputs (standard normal) and integer labels, from a fixed numpy seed."""
     rng = np.random.default_rng(SEED)
-    x = rng.standard_normal((batch_size, sizes[0]))
-    y = rng.integers(0, sizes[-1], batch_size)
+    x = rng.standard_normal((batch_size,) + tuple(example or (sizes[0],)))
+    y = rng.integers(0, sizes[-1], (batch_size,) + tuple(label_shape))
     return _put(x, dtype, device), _put(y, np.int32, device)
+
+
+def build_model(config: Config):
+    """(net, label shape of one example) for a config."""
+    from fbp import layers as L
+    from fbp.cli import mlp
+
+    if config.kind == "mlp":
+        return mlp(config.hidden, config.sizes[-1]), ()
+    if config.kind == "cnn":
+        return L.serial(L.conv2d(32, 3), L.relu(), L.max_pool(2), L.conv2d(64, 3), L.relu(),
+                        L.max_pool(2), L.flatten(), L.dense(128), L.relu(),
+                        L.dense(config.sizes[-1])), ()
+    if config.kind == "transformer":
+        return L.serial(L.transformer_block(8, causal=True), L.transformer_block(8, causal=True),
+                        L.layer_norm(), L.dense(config.sizes[-1])), config.example[:1]
+    raise ValueError(f"unknown config kind {config.kind!r}")
 
 
 def _initial_state(net, optimizer, input_shape, dtype, device):
@@ -73,13 +93,15 @@ def _initial_state(net, optimizer, input_shape, dtype, device):
     shapes = jax.eval_shape(lambda key: net.init(key, input_shape)[1], jax.random.key(SEED))
     rng = np.random.default_rng(SEED)
 
-    def leaf(s):
-        if len(s.shape) == 2:
-            limit = np.sqrt(6 / sum(s.shape))
+    def leaf(path, s):
+        if len(s.shape) >= 2:  # Glorot: fan-in · receptive field, fan-out
+            field = int(np.prod(s.shape[:-2]))
+            limit = np.sqrt(6 / (field * (s.shape[-2] + s.shape[-1])))
             return _put(rng.uniform(-limit, limit, s.shape), dtype, device)
-        return _put(np.zeros(s.shape), dtype, device)
+        ones = "scale" in jax.tree_util.keystr(path) or "var" in jax.tree_util.keystr(path)
+        return _put(np.ones(s.shape) if ones else np.zeros(s.shape), dtype, device)
 
-    params = jax.tree_util.tree_map(leaf, shapes)
+    params = jax.tree_util.tree_map_with_path(leaf, shapes)
     with jax.default_device(device):
         state = TrainState(params, optimizer.init(params), np.zeros((), np.int32),
                            jax.random.key(SEED))
@@ -143,17 +165,18 @@ def bench_config(config: Config, settings: Settings,
                  device) -> tuple[list[dict[str, Any]], list[str]]:
     """Records for the manual and auto steps (and peers) of one config; notes on skipped peers."""
     from fbp import losses
-    from fbp.cli import mlp
     from fbp.optim import gd
     from fbp.train import make_step
 
-    net = mlp(config.hidden, config.sizes[-1])
+    net, label_shape = build_model(config)
     loss, optimizer = losses.softmax_cross_entropy, gd(LEARNING_RATE)
-    x, y = _batch(config.sizes, config.batch_size, settings.dtype, device)
+    x, y = _batch(config.sizes, config.batch_size, settings.dtype, device, config.example,
+                  label_shape)
     states = {grad: _initial_state(net, optimizer, x.shape, settings.dtype, device)
               for grad in ("manual", "auto")}  # the same numbers; each step donates its own
     n_params = sum(p.size for p in jax.tree_util.tree_leaves(states["manual"].params))
-    assert n_params == config.params, (n_params, config.params)
+    if config.kind == "mlp":
+        assert n_params == config.params, (n_params, config.params)
 
     stats: dict[str, dict] = {}
     steps = {}
@@ -171,7 +194,7 @@ def bench_config(config: Config, settings: Settings,
         meta[grad] = {"framework": "fbp", "grad": grad, **stats[grad]}
 
     notes: list[str] = []
-    if settings.peers:
+    if settings.peers and config.kind == "mlp":
         from benchmarks import peers
 
         for name in peers.PEERS:
@@ -250,6 +273,48 @@ def bench_epoch_modes(case, device) -> dict[str, Any]:
     return record
 
 
+def bench_fused_ce(case, settings: Settings, device) -> dict[str, Any]:
+    """Loss and gradient of softmax cross-entropy on logits x W: unfused (fbp's dense layer
+    and loss, hand-written backward, the (tokens × vocab) logits in memory) against
+    `fbp.losses.linear_softmax_cross_entropy` (vocabulary chunks, recomputed in the backward)."""
+    import fbp
+    from fbp import layers as L
+    from fbp import losses
+
+    tokens, d, vocab, chunk = case
+    rng = np.random.default_rng(SEED)
+    x = _put(rng.standard_normal((tokens, d)), settings.dtype, device)
+    w = _put(rng.standard_normal((d, vocab)) / np.sqrt(d), settings.dtype, device)
+    labels = _put(rng.integers(0, vocab, tokens), np.int32, device)
+    unfused_grad = fbp.value_and_grad(L.serial(L.dense(vocab, use_bias=False)),
+                                      losses.softmax_cross_entropy)
+
+    def unfused(x, w, labels):
+        return unfused_grad(({"w": w},), x, labels)
+
+    def fused(x, w, labels):
+        return jax.value_and_grad(
+            lambda x, w: losses.linear_softmax_cross_entropy(x, w, labels, chunk_size=chunk),
+            argnums=(0, 1))(x, w)
+
+    fns = {"unfused": unfused, "fused": fused}
+    stats, runners, values = {}, {}, {}
+    for name, f in fns.items():
+        stats[name], compiled = measure.compile_stats(jax.jit(f), x, w, labels)
+        runners[name] = lambda compiled=compiled: compiled(x, w, labels)
+        values[name] = float(runners[name]()[0])
+    times = measure.interleaved(runners, repeats=max(3, settings.repeats // 4), warmup=1)
+    record = {"kind": "fused_ce", "config": "linear_softmax_cross_entropy", "tokens": tokens,
+              "d": d, "vocab": vocab, "chunk_size": chunk, **measure.environment(device)}
+    for name in fns:
+        for k, v in {**stats[name], **measure.summary(times[name])}.items():
+            record[f"{name}_{k}"] = v
+        record[f"{name}_loss"] = values[name]
+    record["temp_ratio"] = record["unfused_temp_bytes"] / record["fused_temp_bytes"]
+    record["time_ratio"] = record["fused_step_time_s"] / record["unfused_step_time_s"]
+    return record
+
+
 def run(settings: Settings) -> tuple[list[dict[str, Any]], list[str]]:
     """Run the suite; the records (a `run` record first) and notes for the report."""
     if settings.dtype == "float64":
@@ -271,6 +336,8 @@ def run(settings: Settings) -> tuple[list[dict[str, Any]], list[str]]:
                                 if r["flops_per_s"] else None)
     records.insert(0, matmul)
     records += [bench_epoch_modes(case, device) for case in settings.epoch_modes]
+    if settings.fused_ce:
+        records.append(bench_fused_ce(settings.fused_ce, settings, device))
     for r in records:
         r.setdefault("dtype", settings.dtype)
         for k, v in measure.environment(device).items():
