@@ -120,7 +120,8 @@ def _train(args) -> int:
     if not args.no_extras:
         batch = args.batch_size or len(x_tr)
         xb, yb = x_tr[:min(batch, 64)], y_tr[:min(batch, 64)]
-        report = check_grads(net, loss, state.params, xb, yb)
+        # one dropout mask, the same for manual, jax.grad and finite differences
+        report = check_grads(net, loss, state.params, xb, yb, key=jax.random.key(args.seed))
         print(f"gradient check on trained params: manual vs jax.grad max rel err "
               f"{report.max_rel_err_autodiff:.1e}, vs finite differences (float64) "
               f"{report.max_rel_err_fd:.1e}: {'OK' if report.ok else 'MISMATCH'}")
