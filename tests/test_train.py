@@ -266,3 +266,12 @@ def test_cli_short_run(capsys, tmp_path):
     assert code == 0
     assert "test accuracy" in out and (tmp_path / "curves.png").exists()
     assert (tmp_path / "checkpoint.safetensors").exists()
+
+
+def test_cli_run_with_dropout_prints_the_gradient_check_and_step_times(capsys):
+    code = cli_main(["train", "--data", "iris", "--hidden", "8", "--dropout", "0.1", "--epochs", "2",
+                     "--batch-size", "16", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "gradient check on trained params" in out and ": OK" in out
+    assert "manual/auto" in out
