@@ -77,6 +77,7 @@ def _train(args) -> int:
     import numpy as np
 
     from fbp import data, losses
+    from fbp._layer import default_float_dtype
     from fbp.check import check_grads
     from fbp.train import evaluate, fit
 
@@ -96,6 +97,10 @@ def _train(args) -> int:
         if args.loss == "ce":
             raise SystemExit(f"fbp train: {args.data} is a regression set; use --loss mse or huber")
         n_out = y_tr.shape[1]
+    dtype = default_float_dtype()  # float32, or float64 when x64 is on: the params' dtype
+    x_tr, x_te = x_tr.astype(dtype), x_te.astype(dtype)
+    if np.issubdtype(y_tr.dtype, np.floating):
+        y_tr, y_te = y_tr.astype(dtype), y_te.astype(dtype)
     hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
     net = mlp(hidden, n_out, args.activation, args.dropout)
     optimizer = make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
