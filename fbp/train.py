@@ -134,9 +134,12 @@ def evaluate(net: Layer, loss: Loss, params: Params, x, y) -> dict[str, float]:
 
 def predict(net: Layer, params: Params, x) -> jax.Array:
     """net(params, x) with training off; floating x is cast to the parameters' dtype."""
-    return jax.jit(net.apply)(params, _as_param_dtype(np.asarray(x), params))
+    if net not in _PREDICT_CACHE:
+        _PREDICT_CACHE[net] = jax.jit(net.apply)
+    return _PREDICT_CACHE[net](params, _as_param_dtype(np.asarray(x), params))
 
 
+_PREDICT_CACHE: dict = {}
 _EVAL_CACHE: dict = {}
 
 
