@@ -2,6 +2,9 @@
 no silent dtype promotion (see the fixture below), full-precision matmuls (GPUs default
 to TF32)."""
 
+import importlib.util
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,3 +74,14 @@ def init_shapes(layer, in_shape):
 
     params = jax.eval_shape(init, jax.random.key(0))
     return tuple(out["shape"]), params
+
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name):
+    """examples/<name>.py as a module (its `main` is then called with small settings)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

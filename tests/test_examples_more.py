@@ -1,13 +1,11 @@
 """Smoke tests: the CNN and the tiny language model examples run and learn; the full runs
 (marked slow) reach what they promise."""
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_example as load
 
 import fbp
 from fbp import layers as L
@@ -15,14 +13,6 @@ from fbp import losses
 
 pytestmark = pytest.mark.standard_dtype_promotion
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_cnn_digits_smoke():

@@ -1,21 +1,10 @@
 """Smoke tests: the training examples run and reach what they promise."""
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
+from conftest import load_example as load
 
 pytestmark = pytest.mark.standard_dtype_promotion
-
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_xor_learns_xor():
