@@ -31,14 +31,21 @@ class LeafError:
     rel_err_fd: float
 
 
-def _max_errors(a, b) -> tuple[float, float]:
-    """max |a − b|, and that relative to max |b| (the leaf's scale)."""
+# A leaf's error is relative to its own gradient scale, but never to less than this
+# fraction of the largest gradient in the net: some leaves have an exactly zero true
+# gradient (a bias just before a normalization), where the relative error would be
+# rounding noise divided by rounding noise.
+SCALE_FLOOR = 1e-2
+
+
+def _max_errors(a, b, floor: float = 0.0) -> tuple[float, float]:
+    """max |a − b|, and that relative to max(max |b|, floor) (the leaf's scale)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.size == 0:
         return 0.0, 0.0
     abs_err = float(np.max(np.abs(a - b)))
-    scale = float(np.max(np.abs(b)))
+    scale = max(float(np.max(np.abs(b))), floor)
     return abs_err, abs_err / scale if scale > 0 else abs_err
 
 
@@ -111,6 +118,10 @@ def check_grads(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool =
     - manual vs finite differences: in float64, at `fd_coords` random coordinates of each
       leaf, (L(θ + εe_i) − L(θ − εe_i)) / 2ε with ε = `fd_eps`.
 
+    Errors are relative to the leaf's largest gradient entry, floored at 1% of the largest
+    in the whole net (`SCALE_FLOOR`), so a leaf whose true gradient is exactly zero (a bias
+    just before a normalization) is judged by its absolute error against the net's scale.
+
     Check at a point where the function is differentiable: a ReLU input exactly at 0 or a
     tie in a max makes autodiff pick an arbitrary subgradient.
     """
@@ -145,14 +156,17 @@ def check_grads(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool =
             fd = (jax.vmap(loss_at, (0, None))(idx, fd_eps)
                   - jax.vmap(loss_at, (0, None))(idx, -fd_eps)) / (2 * fd_eps)
             abs_err = float(jnp.max(jnp.abs(flat_g[idx] - fd)))
-            scale = float(jnp.max(jnp.abs(flat_g[start:start + leaf.size])))
+            scale = max(float(jnp.max(jnp.abs(flat_g[start:start + leaf.size]))),
+                        SCALE_FLOOR * float(jnp.max(jnp.abs(flat_g))))
             fd_errors.append((abs_err, abs_err / scale if scale > 0 else abs_err))
 
     rows = []
     auto_leaves = jax.tree_util.tree_leaves(grads_a)
+    auto_scale = max((float(np.max(np.abs(np.asarray(g, np.float64)))) for g in auto_leaves
+                      if g.size), default=0.0)
     for (path, g_m), g_a, (fd_abs, fd_rel) in zip(
             jax.tree_util.tree_leaves_with_path(grads_m), auto_leaves, fd_errors):
-        a_abs, a_rel = _max_errors(g_m, g_a)
+        a_abs, a_rel = _max_errors(g_m, g_a, floor=SCALE_FLOOR * auto_scale)
         rows.append(LeafError(jax.tree_util.keystr(path), tuple(g_m.shape), a_abs, a_rel,
                               fd_abs, fd_rel))
     if jax.tree_util.tree_structure(grads_m) != jax.tree_util.tree_structure(grads_a):

@@ -102,3 +102,23 @@ def test_cli_check_all_builtins(capsys):
     assert f"{n}/{n} checks agree with jax.grad and finite differences" in out
     for name, *_ in fbp.check.builtin_cases():
         assert f"{name} [float64]"[:44] in out
+
+
+def test_a_leaf_with_an_exactly_zero_gradient_is_judged_against_the_net_scale():
+    """A bias just before batch_norm has true gradient 0: its relative error would be
+    noise over noise; check_grads floors the scale at 1% of the net's largest gradient."""
+    import jax
+
+    from fbp import layers as L
+    from fbp import losses as fl
+    from fbp.check import check_grads, random_params
+
+    net = L.serial(L.dense(5), L.batch_norm(), L.tanh(), L.dense(3))
+    _, params = net.init(jax.random.key(0), (6, 4))
+    params = random_params(jax.random.key(1), params)
+    x = jax.random.normal(jax.random.key(2), (6, 4))
+    y = jax.random.normal(jax.random.key(3), (6, 3))
+    report = check_grads(net, fl.mse, params, x, y)
+    assert report.ok, str(report)
+    bias_row = next(r for r in report.leaves if r.path == "[0]['b']")
+    assert bias_row.abs_err_autodiff < 1e-12  # the true gradient is 0 (up to rounding)
