@@ -100,6 +100,20 @@ def test_scan_and_python_loop_epochs_agree():
                                rtol=1e-5)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the choice differs by platform")
+@pytest.mark.parametrize("grad", ["manual", "auto"])
+def test_auto_epoch_mode_loops_steps_for_conv_nets_on_cpu(grad):
+    """XLA:CPU is slow at convolutions inside a compiled loop: "auto" sees them and loops."""
+    x, y = blobs()
+    images = x[:, :4].reshape(-1, 2, 2, 1)
+    conv = L.serial(L.conv2d(2, 2), L.relu(), L.flatten(), L.dense(3))
+    mlp = small_net()
+    for net, train_data, mode in [(conv, (images, y), "steps"), (mlp, (x, y), "scan")]:
+        _, history = fit(net, losses.softmax_cross_entropy, gd(0.1), train_data, epochs=1,
+                         batch_size=16, grad=grad, progress=False)
+        assert history["epoch_mode"] == mode, net.name
+
+
 def test_manual_and_auto_fit_give_the_same_curve():
     x, y = blobs()
     curves = {g: fit(small_net(), losses.softmax_cross_entropy, gd(0.1), (x, y), epochs=5,
