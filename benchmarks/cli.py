@@ -6,6 +6,7 @@ Light on imports (argparse only) until it runs, so `fbp` can add these options c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected device counts like 1,2,4, got {text!r}")
+    return tuple(sorted(set(counts)))
+
+
+def force_host_devices(count: int) -> None:
+    """Ask XLA for `count` CPU devices (read when JAX first starts its CPU backend, so this
+    must run before anything touches a device)."""
+    flag = "--xla_force_host_platform_device_count"
+    flags = os.environ.get("XLA_FLAGS", "")
+    if flag not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {flag}={count}".strip()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The benchmark options, on `parser` (a fresh one, or fbp's `bench` subparser)."""
     from benchmarks.configs import CONFIGS, DEFAULT_CONFIGS, QUICK_CONFIGS
@@ -32,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              f"{', '.join(CONFIGS)} (default: {', '.join(DEFAULT_CONFIGS)})")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="dtype of parameters and inputs (float64 turns on jax x64)")
+    parser.add_argument("--precision", choices=("bf16",), default=None,
+                        help="bf16: bfloat16 forward and backward against --dtype master "
+                             "parameters, loss and update (fbp's mixed-precision policy)")
+    parser.add_argument("--devices", type=_counts, default=None, metavar="N,N,...",
+                        help="also sweep data-parallel steps over these device counts, e.g. "
+                             "1,2,4 (on CPU, that many host devices are forced: a correctness "
+                             "check, not a speed claim)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default=None,
                         help="run on the first device of this platform (default: JAX's default)")
     parser.add_argument("--repeats", type=_positive_int, default=None,
@@ -50,7 +77,9 @@ def settings_from_args(args):
     from benchmarks.suite import Settings, quick_settings
 
     options = {"dtype": args.dtype, "device": args.device, "peers": args.peers,
-               "progress": not args.no_progress}
+               "precision": args.precision, "progress": not args.no_progress}
+    if args.devices:
+        options["devices"] = args.devices
     if args.config:
         options["configs"] = tuple(dict.fromkeys(args.config))
     if args.repeats is not None:
@@ -60,6 +89,8 @@ def settings_from_args(args):
 
 def run_from_args(args) -> int:
     """Run the suite as `args` say; print the table and where the files went."""
+    if args.devices and args.device != "gpu":
+        force_host_devices(max(args.devices))
     from benchmarks import measure, report, suite
 
     try:

@@ -125,5 +125,6 @@ def environment(device) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "matmul_precision": getattr(jax.config, "jax_default_matmul_precision", None),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -85,7 +85,10 @@ def markdown(records: list[dict[str, Any]], notes: list[str]) -> str:
     matmul = (_of(records, "matmul") or [None])[0]
     settings = run.get("settings", {})
     lines = ["# fbp benchmarks: manual vs automatic gradients", "",
-             f"Device **{env.get('device')}**, dtype **{settings.get('dtype')}**, "
+             f"Device **{env.get('device')}**, dtype **{settings.get('dtype')}**"
+             + (f", precision **{settings['precision']}** (bfloat16 forward and backward, "
+                f"{settings.get('dtype')} master parameters, loss and update)"
+                if settings.get("precision") else "") + ", "
              f"JAX {env.get('jax_version')} / jaxlib {env.get('jaxlib_version')}, "
              f"Python {env.get('python_version')}, {env.get('cpu_count')} CPUs, "
              f"{env.get('timestamp')}. Train step = forward + loss + gradient + gd(0.01) update, "
@@ -95,7 +98,7 @@ def markdown(records: list[dict[str, Any]], notes: list[str]) -> str:
         bursts = ", ".join(_num(r, ".0f", 1e-9) for r in matmul.get("burst_rates", []))
         lines += [f"Measured matmul rate: **{_num(matmul['peak_flops_per_s'], '.1f', 1e-9)} "
                   f"GFLOP/s** at best, {_num(matmul['flops_per_s'], '.1f', 1e-9)} at the median "
-                  f"({matmul['n']}×{matmul['n']} @ {matmul['n']}×{matmul['n']}, "
+                  f"({matmul['n']}×{matmul['n']} @ {matmul['n']}×{matmul['n']} in {matmul.get('dtype')}, "
                   f"{matmul['repeats']} products in bursts before and after each config, burst "
                   f"medians {bursts} GFLOP/s). The % matmul columns divide a step's flops/s "
                   "(XLA's flop count over the median step time) by the best rate.", ""]
@@ -121,6 +124,23 @@ def markdown(records: list[dict[str, Any]], notes: list[str]) -> str:
                 f"| {p['fbp_manual_over_peer']:.2f} | {p['fbp_auto_over_peer']:.2f} "
                 f"| {_num(p.get('compile_time_s'), '.2f')} "
                 f"| {_num(p.get('temp_bytes'), '.2f', 1 / MiB)} |")
+    sweep = _of(records, "devices")
+    if sweep:
+        forced = any(r.get("forced_host_devices") for r in sweep)
+        lines += ["", "Data parallel (`make_step(mesh=data_mesh(n))`, manual gradients): the "
+                  "batch split over n devices, parameters replicated. Each count first takes "
+                  f"{sweep[0]['check_steps']} steps from the same state and batch; the "
+                  "parameters are compared with the fewest-devices run (max |Δθ| / max |θ| "
+                  "over leaves). Then the counts are timed interleaved."
+                  + (" **These are forced CPU devices sharing the same cores: the column "
+                     "checks correctness and shows the cost of partitioning, it is not a "
+                     "speed-up claim.**" if forced else ""), "",
+                  "| config | devices | ms | samples/s | loss after the check steps "
+                  "| max rel. Δθ vs fewest |", "|---|---:|---:|---:|---:|---:|"]
+        for r in sweep:
+            lines.append(f"| {r['config']} | {r['devices']} | {_ms(r)} "
+                         f"| {_num(r['samples_per_s'], ',.0f')} | {r['check_loss']:.6f} "
+                         f"| {r['max_rel_param_diff']:.1e} |")
     for e in _of(records, "epoch_mode"):
         lines += ["", f"One epoch as one compiled loop (`lax.scan`) vs a Python loop of jitted "
                   f"steps: `fbp.train.fit`, MLP {e['layers']}, batch {e['batch_size']}, "
@@ -189,7 +209,9 @@ def png(records: list[dict[str, Any]]) -> bytes:
     ax_time.set_title("train step time vs model size")
     ax_time.legend()
     env = next((r for r in records if r.get("kind") == "step"), {})
-    fig.suptitle(f"fbp train step, {env.get('device')}, {env.get('dtype')}", fontsize=10)
+    precision = f", precision {env['precision']}" if env.get("precision") else ""
+    fig.suptitle(f"fbp train step, {env.get('device')}, {env.get('dtype')}{precision}",
+                 fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

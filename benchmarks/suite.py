@@ -31,6 +31,9 @@ class Settings:
 
     configs: tuple[str, ...] = DEFAULT_CONFIGS
     dtype: str = "float32"
+    precision: str | None = None  # "bf16": bfloat16 compute, `dtype` master params
+    devices: tuple[int, ...] = ()  # a data-parallel sweep over these device counts
+    devices_check_steps: int = 5  # steps from the same state compared across device counts
     device: str | None = None  # "cpu", "gpu" or None for JAX's default
     repeats: int = 30
     warmup: int = 3
@@ -133,7 +136,9 @@ class MatmulProbe:
     def __init__(self, settings: Settings, device):
         n = self.n = settings.matmul_size
         rng = np.random.default_rng(SEED)
-        a, b = (_put(rng.standard_normal((n, n)), settings.dtype, device) for _ in range(2))
+        # the dtype of the steps' dots
+        self.dtype = "bfloat16" if settings.precision == "bf16" else settings.dtype
+        a, b = (_put(rng.standard_normal((n, n)), self.dtype, device) for _ in range(2))
         self.stats, _ = measure.compile_stats(jax.jit(jnp.matmul), a, b)
         matmul = jax.jit(jnp.matmul)
         self.run = lambda: matmul(a, b)
@@ -153,7 +158,7 @@ class MatmulProbe:
 
     def record(self) -> dict[str, Any]:
         record = {"kind": "matmul", "config": f"matmul {self.n}x{self.n} @ {self.n}x{self.n}",
-                  "n": self.n, **self.stats, **measure.summary(self.samples),
+                  "n": self.n, "dtype": self.dtype, **self.stats, **measure.summary(self.samples),
                   "repeats": len(self.samples), "xla_flops": self.stats["flops"],
                   "flops": self.flops, "burst_rates": self.burst_rates}
         record["flops_per_s"] = self.flops / record["step_time_s"]  # at the median time
@@ -182,7 +187,8 @@ def bench_config(config: Config, settings: Settings,
     steps = {}
     for _ in range(settings.compile_repeats):  # manual, auto, manual, auto, ...
         for grad in ("manual", "auto"):
-            steps[grad] = make_step(net, loss, optimizer, grad=grad)  # a fresh jit object
+            steps[grad] = make_step(net, loss, optimizer, grad=grad,  # a fresh jit object
+                                    precision=settings.precision)
             s, _ = measure.compile_stats(steps[grad], states[grad], x, y)
             if grad in stats:
                 s["compile_time_s"] = min(s["compile_time_s"], stats[grad]["compile_time_s"])
@@ -211,6 +217,7 @@ def bench_config(config: Config, settings: Settings,
     times = measure.interleaved(runners, repeats=settings.repeats, warmup=settings.warmup)
     common = {"config": config.name, "layers": config.layers, "sizes": list(config.sizes),
               "params": n_params, "batch_size": config.batch_size, "dtype": settings.dtype,
+              "precision": settings.precision,
               "repeats": settings.repeats, "optimizer": f"gd({LEARNING_RATE})",
               "loss": loss.name, **measure.environment(device)}
     records = []
@@ -230,6 +237,81 @@ def bench_config(config: Config, settings: Settings,
         else:
             r["fbp_manual_over_peer"] = records[0]["step_time_s"] / r["step_time_s"]
             r["fbp_auto_over_peer"] = records[1]["step_time_s"] / r["step_time_s"]
+    return records, notes
+
+
+def bench_devices(config: Config, settings: Settings,
+                  device) -> tuple[list[dict[str, Any]], list[str]]:
+    """Data-parallel train steps (`make_step(mesh=…)`) over 1, 2, 4, … devices of `device`'s
+    platform, manual gradients: the batch split along the mesh's "data" axis, parameters
+    replicated, XLA's all-reduce for the gradient mean.
+
+    Correctness first: `devices_check_steps` steps from the same state and batch on each
+    device count, the parameters compared with the one-device run. Then the step times,
+    the device counts interleaved. On forced CPU devices
+    (`--xla_force_host_platform_device_count`) all "devices" share the same cores, so the
+    times say what the partitioning costs there, not what more devices would gain.
+    """
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from fbp import losses
+    from fbp.optim import gd
+    from fbp.train import data_mesh, make_step, replicate
+
+    available = jax.devices(device.platform)
+    net, label_shape = build_model(config)
+    loss, optimizer = losses.softmax_cross_entropy, gd(LEARNING_RATE)
+    x, y = _batch(config.sizes, config.batch_size, settings.dtype, device, config.example,
+                  label_shape)
+    notes, runs = [], {}
+    for count in settings.devices:
+        if count > len(available):
+            notes.append(f"devices sweep, {config.name}: {count} {device.platform} devices "
+                         f"asked for, {len(available)} present; skipped")
+            continue
+        if config.batch_size % count:
+            notes.append(f"devices sweep, {config.name}: batch {config.batch_size} does not "
+                         f"divide by {count} devices; skipped")
+            continue
+        mesh = data_mesh(available[:count])
+        split = NamedSharding(mesh, P("data"))
+        xs, ys = jax.device_put(x, split), jax.device_put(y, split)
+        step = make_step(net, loss, optimizer, grad="manual", precision=settings.precision,
+                         mesh=mesh)
+
+        def fresh_state(mesh=mesh):
+            return replicate(mesh, _initial_state(net, optimizer, x.shape, settings.dtype,
+                                                  device))
+
+        state = fresh_state()
+        for _ in range(settings.devices_check_steps):
+            state, metrics = step(state, xs, ys)
+        runs[count] = {"params": jax.device_get(state.params), "loss": float(metrics["loss"]),
+                       "step": step, "state": fresh_state(), "x": xs, "y": ys}
+    if not runs:
+        return [], notes
+    runners = {}
+    for count, r in runs.items():
+        runners[count], _ = _stepper(r["step"], r["state"], r["x"], r["y"])
+    times = measure.interleaved(runners, repeats=settings.repeats, warmup=settings.warmup)
+    reference = runs[min(runs)]
+    records = []
+    for count, r in runs.items():
+        diff = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+                   / max(float(np.max(np.abs(np.asarray(b, np.float64)))), 1e-30)
+                   for a, b in zip(jax.tree_util.tree_leaves(r["params"]),
+                                   jax.tree_util.tree_leaves(reference["params"])))
+        rec = {"kind": "devices", "config": config.name, "layers": config.layers,
+               "batch_size": config.batch_size, "devices": count,
+               "reference_devices": min(runs), "dtype": settings.dtype,
+               "precision": settings.precision, "grad": "manual",
+               "check_steps": settings.devices_check_steps, "check_loss": r["loss"],
+               "max_rel_param_diff": diff, "forced_host_devices": device.platform == "cpu",
+               "repeats": settings.repeats, **measure.environment(device),
+               **measure.summary(times[count])}
+        rec["samples_per_s"] = config.batch_size / rec["step_time_s"]
+        records.append(rec)
     return records, notes
 
 
@@ -335,6 +417,10 @@ def run(settings: Settings) -> tuple[list[dict[str, Any]], list[str]]:
         r["matmul_fraction"] = (r["flops_per_s"] / matmul["peak_flops_per_s"]
                                 if r["flops_per_s"] else None)
     records.insert(0, matmul)
+    for name in settings.configs if settings.devices else ():
+        sweep, sweep_notes = bench_devices(CONFIGS[name], settings, device)
+        records += sweep
+        notes += sweep_notes
     records += [bench_epoch_modes(case, device) for case in settings.epoch_modes]
     if settings.fused_ce:
         records.append(bench_fused_ce(settings.fused_ce, settings, device))

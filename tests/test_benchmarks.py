@@ -126,3 +126,43 @@ def test_missing_device_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["--quick", "--device", "gpu", "--out", str(tmp_path / "r")]) == 2
     assert "no gpu device" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("precision", "tol"), [(None, 1e-5), ("bf16", 1e-2)])
+def test_devices_sweep_and_precision(tmp_path, precision, tol):
+    """`--devices 1,2` forces two CPU devices in a fresh process; both counts take the same
+    steps to the same parameters (up to rounding: the sums run in another order)."""
+    import os
+    import subprocess
+
+    out = tmp_path / "r"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--config", "tiny", "--devices", "1,2",
+         "--no-progress", "--out", str(out)] + (["--precision", precision] if precision else []),
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads((out / "results.json").read_text())
+    steps = [r for r in records if r["kind"] == "step"]
+    assert {r["precision"] for r in steps} == {precision}
+    assert {r["dtype"] for r in steps} == {"float32"}
+    (matmul,) = [r for r in records if r["kind"] == "matmul"]
+    assert matmul["dtype"] == ("bfloat16" if precision else "float32")
+    sweep = {r["devices"]: r for r in records if r["kind"] == "devices"}
+    assert set(sweep) == {1, 2}
+    assert sweep[1]["max_rel_param_diff"] == 0.0
+    assert sweep[2]["max_rel_param_diff"] < tol
+    assert sweep[2]["check_loss"] == pytest.approx(sweep[1]["check_loss"], rel=tol)
+    assert sweep[2]["forced_host_devices"] and "device_count=2" in sweep[2]["xla_flags"]
+    md = (out / "results.md").read_text()
+    assert ("precision **bf16**" in md) == (precision == "bf16")
+    assert "not a speed-up claim" in md
+
+
+def test_devices_option():
+    parser = cli.add_arguments(argparse.ArgumentParser())
+    assert parser.parse_args(["--devices", "4,1,2,2"]).devices == (1, 2, 4)
+    for bad in ("0", "a,b", ""):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--devices", bad])
