@@ -101,16 +101,30 @@ def _train(args) -> int:
     x_tr, x_te = x_tr.astype(dtype), x_te.astype(dtype)
     if np.issubdtype(y_tr.dtype, np.floating):
         y_tr, y_te = y_tr.astype(dtype), y_te.astype(dtype)
+    if not 0 <= args.val_fraction < 1:
+        raise SystemExit(f"fbp train: --val-fraction must lie in [0, 1), got {args.val_fraction}")
+    if args.patience is not None and args.val_fraction == 0:
+        raise SystemExit("fbp train: --patience stops on the validation loss; it needs "
+                         "--val-fraction > 0")
+    val_data = None
+    if args.val_fraction > 0:  # carved from the training split: the test split stays unseen
+        from sklearn.model_selection import train_test_split
+
+        classes = y_tr if np.issubdtype(y_tr.dtype, np.integer) else None
+        x_tr, x_val, y_tr, y_val = train_test_split(
+            x_tr, y_tr, test_size=args.val_fraction, random_state=args.seed, stratify=classes)
+        val_data = (x_val, y_val)
     hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
     net = mlp(hidden, n_out, args.activation, args.dropout)
     optimizer = make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
-    print(f"fbp train: {args.data} ({len(x_tr)} train / {len(x_te)} test, {x_tr.shape[1]} "
+    val = f"{len(val_data[0])} validation / " if val_data is not None else ""
+    print(f"fbp train: {args.data} ({len(x_tr)} train / {val}{len(x_te)} test, {x_tr.shape[1]} "
           f"features), net {net.name}, loss {loss.name}, {args.optimizer} lr={args.lr}, "
           f"batch {args.batch_size or 'full'}, grad={args.grad}, on {jax.devices()[0].platform}")
 
     state, history = fit(net, loss, optimizer, (x_tr, y_tr), epochs=args.epochs,
                          batch_size=args.batch_size, grad=args.grad, seed=args.seed,
-                         val_data=(x_te, y_te), patience=args.patience,
+                         val_data=val_data, patience=args.patience,
                          checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
                          devices=args.devices, precision=args.precision)
     test = evaluate(net, loss, state.params, x_te, y_te)
@@ -186,7 +200,13 @@ def main(argv=None) -> int:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=32, help="0 for full-batch descent")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--patience", type=int, default=None, help="early stopping on test loss")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the training split held out for validation (the progress "
+                        "bar's val loss, --patience); 0 for none. The test split is only "
+                        "used at the end")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop when the validation loss has not improved for this many epochs "
+                        "(and keep the best parameters)")
     p.add_argument("--grad", choices=("manual", "auto"), default="manual")
     p.add_argument("--precision", choices=("float32", "bf16"), default=None,
                    help="bf16: bfloat16 forward/backward, float32 master weights and loss")

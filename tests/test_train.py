@@ -282,6 +282,19 @@ def test_cli_short_run(capsys, tmp_path):
     assert (tmp_path / "checkpoint.safetensors").exists()
 
 
+def test_cli_validation_split_is_carved_from_train(capsys):
+    code = cli_main(["train", "--data", "iris", "--hidden", "8", "--epochs", "4",
+                     "--batch-size", "16", "--val-fraction", "0.25", "--patience", "2",
+                     "--no-progress", "--no-extras"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "(90 train / 30 validation / 30 test," in out  # iris: 120 train + 30 test
+    with pytest.raises(SystemExit, match="needs --val-fraction > 0"):
+        cli_main(["train", "--data", "iris", "--val-fraction", "0", "--patience", "2"])
+    with pytest.raises(SystemExit, match=r"must lie in \[0, 1\)"):
+        cli_main(["train", "--data", "iris", "--val-fraction", "1.5"])
+
+
 def test_cli_run_with_dropout_prints_the_gradient_check_and_step_times(capsys):
     code = cli_main(["train", "--data", "iris", "--hidden", "8", "--dropout", "0.1", "--epochs", "2",
                      "--batch-size", "16", "--no-progress"])
