@@ -125,7 +125,7 @@ def _torch(config, x, y, dtype, device, lr) -> Peer:
     for a, b in pairwise(sizes[:-1]):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     model = torch.nn.Sequential(*layers, torch.nn.Linear(sizes[-2], sizes[-1])).to(torch_dtype)
-    xt = torch.from_numpy(np.asarray(x, np.float32)).to(torch_dtype)
+    xt = torch.from_numpy(np.array(x, np.float32)).to(torch_dtype)  # a writable copy
     yt = torch.from_numpy(np.asarray(y).astype(np.int64))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
 

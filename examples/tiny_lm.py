@@ -2,15 +2,15 @@
 first chapter of Lewis Carroll's "Alice's Adventures in Wonderland" (1865, public domain;
 examples/data/alice.txt, about 11 000 characters, 59 distinct).
 
-    embedding(vocab, 64) → positions(32) → dropout(0.2) → transformer_block(4, causal) ×2
+    embedding(vocab, 64) → positional_embedding(32) → dropout(0.2) → transformer_block(4, causal) ×2
         → layer_norm → dense(vocab)
 
 Each example is a window of 32 characters; the targets are the same window shifted by one
 character, so the loss is softmax cross-entropy over (batch, 32, vocab) with integer
-next-character labels. The last 10% of the text is held out for validation. fbp has no
-positional layer, so `positions` — a learned (32, d) table added to every sequence, with
-its own hand-written backward — is defined here. AdamW (peak learning rate 3e-3, warm-up
-and cosine decay, weight decay 0.1), mini-batches of 32, 4 epochs over every window.
+next-character labels. The last 10% of the text is held out for validation. The
+positions are learned: a (32, d) table added to every sequence. AdamW (peak learning rate
+3e-3, warm-up and cosine decay, weight decay 0.1), mini-batches of 32, 4 epochs over every
+window.
 
 The unigram baseline is the entropy of the training text's character distribution (what
 a model that ignores the context can do at best): 3.02 nats. The transformer ends near
@@ -21,15 +21,12 @@ text from a prompt, one character at a time.
 
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-import fbp
 from fbp import layers as L
 from fbp import losses
-from fbp.train import evaluate, fit
+from fbp.train import evaluate, fit, predict
 
 TEXT = Path(__file__).resolve().parent / "data" / "alice.txt"
 
@@ -38,41 +35,6 @@ def load_text(path=TEXT) -> str:
     """The text without its '#' header line(s)."""
     lines = Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
     return "".join(line for line in lines if not line.startswith("#"))
-
-
-def positions(max_len: int, *, init=jax.nn.initializers.normal(stddev=0.02)) -> fbp.Layer:
-    """Learned positional embedding on (batch, T, d), T ≤ max_len:
-
-        y[b, t, :] = x[b, t, :] + P[t, :]          P = params["pos"], (max_len, d)
-
-    Backward, for g = ∂L/∂y:  ∂P[t] = Σ_b g[b, t] for t < T (0 for the rows not used),
-    ∂x = g.
-    """
-    name = f"positions({max_len})"
-
-    def check(shape):
-        if len(shape) != 3 or shape[1] > max_len:
-            raise ValueError(f"{name}: expected an input (batch, T ≤ {max_len}, features), "
-                             f"got shape {tuple(shape)}")
-
-    def init_fn(key, input_shape):
-        check(input_shape)
-        dtype = jnp.zeros(()).dtype  # float64 under x64, as fbp's own layers
-        return tuple(input_shape), {"pos": init(key, (max_len, input_shape[2]), dtype)}
-
-    # fwd :: (P, X) -> (Y, res = None)
-    def fwd(params, x, *, key=None, train=False):
-        del key, train
-        check(x.shape)
-        return x + params["pos"][None, :x.shape[1], :], None
-
-    # bwd :: (P, res, CT Y) -> (CT P, CT X)
-    def bwd(params, res, g):
-        del res
-        d_pos = jnp.pad(g.sum(axis=0), ((0, max_len - g.shape[1]), (0, 0)))
-        return {"pos": d_pos}, g
-
-    return fbp.Layer(name, init_fn, fwd, bwd)
 
 
 def windows(ids: np.ndarray, seq_len: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -100,13 +62,12 @@ def generate(net, params, prompt: str, chars: list[str], length: int, seq_len: i
     """
     index = {c: i for i, c in enumerate(chars)}
     ids = [index[c] for c in prompt]
-    apply = jax.jit(net.apply)  # compiled once (fbp.train.predict compiles on every call)
     rng = np.random.default_rng(seed)
     for _ in range(length):
         context = ids[-seq_len:]
         window = np.zeros((1, seq_len), np.int32)
         window[0, :len(context)] = context
-        logits = np.asarray(apply(params, window)[0, len(context) - 1], np.float64)
+        logits = np.asarray(predict(net, params, window)[0, len(context) - 1], np.float64)
         if temperature == 0:
             ids.append(int(np.argmax(logits)))
             continue
@@ -135,7 +96,7 @@ def main(epochs: int = 4, progress: bool = True, seed: int = 0, seq_len: int = 3
           f"{seq_len}, validation on the last {len(val_ids)} characters")
     print(f"unigram baseline (entropy of the character distribution): {baseline:.3f} nats")
 
-    net = L.serial(L.embedding(vocab, d_model), positions(seq_len), L.dropout(0.2),
+    net = L.serial(L.embedding(vocab, d_model), L.positional_embedding(seq_len), L.dropout(0.2),
                    L.transformer_block(4, causal=True), L.transformer_block(4, causal=True),
                    L.layer_norm(), L.dense(vocab))
     loss = losses.softmax_cross_entropy

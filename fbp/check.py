@@ -234,7 +234,8 @@ def builtin_cases():
     def token_labels(seq, vocab):
         return lambda key, batch: jax.random.randint(key, (batch, seq), 0, vocab)
 
-    # conv2d, pooling, layer_norm, and (inside transformer_block) multi_head_attention.
+    # conv2d, pooling, layer_norm, positional_embedding, and (inside transformer_block)
+    # multi_head_attention.
     # embedding is checked by the tests only: the inputs drawn here are floats.
     cases += [
         ("conv2d (SAME) + max_pool", image_head(L.conv2d(3, 3), L.tanh(), L.max_pool(2)),
@@ -245,8 +246,9 @@ def builtin_cases():
          losses.mse, (3, 6, 7, 2), regression(3), False),
         ("layer_norm", L.serial(L.dense(6), L.layer_norm(), L.dense(3)), losses.mse, (6, 4),
          regression(3), False),
-        ("transformer_block (causal)", L.serial(
-            L.transformer_block(2, mlp_ratio=2, causal=True), L.dense(5)),
+        ("transformer_block (causal) + positional_embedding", L.serial(
+            L.positional_embedding(4), L.transformer_block(2, mlp_ratio=2, causal=True),
+            L.dense(5)),
          losses.softmax_cross_entropy, (2, 3, 4), token_labels(3, 5), False),
     ]
     return cases

@@ -103,6 +103,8 @@ CASES.update({
     "global_avg_pool": lambda rng: (L.global_avg_pool(), _image(rng), False),
     "layer_norm": lambda rng: (L.layer_norm(), _seq(rng, int(rng.integers(3, 9))), False),
     "multi_head_attention": _attention,
+    "positional_embedding": lambda rng: (L.positional_embedding(int(rng.integers(5, 9))),
+                                         _seq(rng, int(rng.integers(1, 7))), False),
     "batch_norm": lambda rng: (L.batch_norm(0.9), (int(rng.integers(2, 6)), int(rng.integers(1, 6))),
                                False),
     "batch_norm_nhwc": lambda rng: (L.batch_norm(0.5), (2, 3, 2, int(rng.integers(1, 4))), False),

@@ -247,6 +247,37 @@ def test_transformer_value_and_grad_matches_autodiff():
         assert np.abs(np.asarray(leaf)).max() > 0
 
 
+def test_transformer_with_dropout_and_positions_matches_autodiff():
+    """positional_embedding, and dropout inside both branches of each block: the same key
+    draws the same masks for the manual backward and for jax.grad."""
+    vocab, d = 7, 8
+    block = L.transformer_block(2, mlp_ratio=2, causal=True, dropout=0.3)
+    assert block.name == "transformer_block(2, mlp_ratio=2, causal, dropout=0.3)"
+    net = L.serial(L.embedding(vocab, d), L.positional_embedding(6), block, L.dense(vocab))
+    rng = np.random.default_rng(1)
+    tokens = jnp.asarray(rng.integers(0, vocab, (3, 5)), jnp.int32)
+    targets = jnp.asarray(rng.integers(0, vocab, (3, 5)), jnp.int32)
+    params = _params(net, tokens.shape, seed=1)
+    loss, key = losses.softmax_cross_entropy, jax.random.key(3)
+    value, grads = jax.jit(fbp.value_and_grad(net, loss))(params, tokens, targets, key=key)
+    value_ref, grads_ref = jax.jit(fbp.autodiff_value_and_grad(net, loss))(
+        params, tokens, targets, key=key)
+    assert abs(float(value) - float(value_ref)) < 1e-12
+    assert rel_err(grads, grads_ref) < 1e-10
+    # the rows of the position table past the sequence length get no gradient
+    pos = np.asarray(grads[1]["table"])
+    assert np.all(pos[5:] == 0) and np.abs(pos[:5]).min() > 0
+    # dropout acts in training only, and differs between keys
+    train = [net.apply(params, tokens, key=jax.random.key(k), train=True) for k in (0, 1)]
+    assert not np.allclose(train[0], train[1])
+    assert np.allclose(net.apply(params, tokens), net.apply(params, tokens, train=False))
+    with pytest.raises(ValueError, match=r"dropout: rate"):
+        L.transformer_block(2, dropout=1.0)
+    with pytest.raises(ValueError, match=r"positional_embedding\(4\): expected an input "
+                                         r"\(batch, T ≤ 4, features\), got shape \(3, 5, 8\)"):
+        init_shapes(L.positional_embedding(4), (3, 5, 8))
+
+
 # --- fused linear + softmax cross-entropy -------------------------------------------------
 
 @pytest.mark.parametrize(("vocab", "chunk_size"), [(23, 5), (20, 5), (3, 8)],

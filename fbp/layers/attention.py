@@ -13,6 +13,7 @@ from fbp.layers.activations import gelu
 from fbp.layers.combinators import residual, serial
 from fbp.layers.dense import dense
 from fbp.layers.normalization import layer_norm
+from fbp.layers.reshape import dropout as dropout_layer
 
 _PROJECTIONS = ("q", "k", "v", "o")
 _BIASES = ("q", "v", "o")  # no key bias: see multi_head_attention
@@ -138,11 +139,15 @@ def multi_head_attention(num_heads: int, *, causal: bool = False,
     return Layer(name, init, fwd, bwd)
 
 
-def transformer_block(num_heads: int, mlp_ratio: int = 4, causal: bool = False) -> Layer:
+def transformer_block(num_heads: int, mlp_ratio: int = 4, causal: bool = False,
+                      dropout: float = 0.0) -> Layer:
     """Pre-LN transformer block on (B, T, d):
 
         h = x + MHA(LN₁(x))
         y = h + MLP(LN₂(h)),   MLP = dense(mlp_ratio·d) → gelu → dense(d)
+
+    With `dropout` > 0, each branch's output passes through dropout(rate) before it is added
+    (in training; the block then needs a key).
 
     Built from `serial`, `residual`, `layer_norm`, `multi_head_attention`, `dense` and
     `gelu`, for the d that `init` (or the input) brings; so its backward is theirs,
@@ -153,12 +158,17 @@ def transformer_block(num_heads: int, mlp_ratio: int = 4, causal: bool = False) 
     if not isinstance(mlp_ratio, int) or isinstance(mlp_ratio, bool) or mlp_ratio <= 0:
         raise ValueError(f"transformer_block: mlp_ratio must be a positive int, got {mlp_ratio!r}")
     attention = multi_head_attention(num_heads, causal=causal)  # checks num_heads
-    name = f"transformer_block({num_heads}, mlp_ratio={mlp_ratio}{', causal' if causal else ''})"
+    drop = dropout_layer(dropout) if dropout else None  # checks the rate
+    name = (f"transformer_block({num_heads}, mlp_ratio={mlp_ratio}"
+            f"{', causal' if causal else ''}{f', dropout={dropout}' if dropout else ''})")
+
+    def branch(*layers) -> Layer:
+        return residual(serial(*layers, drop) if drop else serial(*layers))
 
     @functools.cache
     def block(d: int) -> Layer:
-        return serial(residual(serial(layer_norm(), attention)),
-                      residual(serial(layer_norm(), dense(mlp_ratio * d), gelu(), dense(d))))
+        return serial(branch(layer_norm(), attention),
+                      branch(layer_norm(), dense(mlp_ratio * d), gelu(), dense(d)))
 
     def init(key, input_shape):
         input_shape = check_shape(name, input_shape)

@@ -1,4 +1,4 @@
-"""Embedding: integer ids -> rows of a learned table."""
+"""Embeddings: integer ids -> rows of a learned table; learned positions added to a sequence."""
 
 from __future__ import annotations
 
@@ -51,4 +51,47 @@ def embedding(vocab_size: int, features: int, *,
     return Layer(name, init, fwd, bwd)
 
 
-__all__ = ["embedding"]
+def positional_embedding(max_len: int, *,
+                         table_init=jax.nn.initializers.normal(stddev=0.02)) -> Layer:
+    """Learned positions: y[b, t, :] = x[b, t, :] + P[t, :], for sequences (batch, T, d) with
+    T ≤ max_len; P = params["table"], (max_len, d).
+
+    Backward, for g = ∂L/∂y: each row of P gets the gradients of its position, summed over
+    the batch, and the rows past T get none,
+        ∂P[t] = Σ_b g[b, t]   (t < T),   0   (t ≥ T)
+        ∂x = g
+    """
+    if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len <= 0:
+        raise ValueError(f"positional_embedding: max_len must be a positive int, got {max_len!r}")
+    name = f"positional_embedding({max_len})"
+
+    def check_length(shape):
+        if len(shape) != 3 or shape[1] > max_len:
+            raise ValueError(f"{name}: expected an input (batch, T ≤ {max_len}, features), "
+                             f"got shape {tuple(shape)}")
+
+    def init(key, input_shape):
+        input_shape = check_shape(name, input_shape)
+        check_length(input_shape)
+        return input_shape, {"table": table_init(key, (max_len, input_shape[2]),
+                                                 default_float_dtype())}
+
+    # fwd :: (P, X) -> (Y, res = None)
+    def fwd(params, x, *, key=None, train=False):
+        del key, train
+        check_input(name, x)
+        check_length(x.shape)
+        check_param_shapes(name, params, {"table": (max_len, x.shape[2])})
+        check_input(name, x, dtype=params["table"].dtype)
+        return x + params["table"][None, :x.shape[1], :], None
+
+    # bwd :: (P, res, CT Y) -> (CT P, CT X)
+    def bwd(params, res, g):
+        del params, res
+        d_table = jnp.pad(g.sum(axis=0), ((0, max_len - g.shape[1]), (0, 0)))
+        return {"table": d_table}, g
+
+    return Layer(name, init, fwd, bwd)
+
+
+__all__ = ["embedding", "positional_embedding"]
