@@ -69,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="folder for results.json, results.md and results.png "
                              "(default: benchmarks/results)")
+    parser.add_argument("--steps-only", action="store_true",
+                        help="time the train-step configs (and --devices) only: no scan-vs-steps "
+                             "and no fused cross-entropy runs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -80,6 +83,8 @@ def settings_from_args(args):
                "precision": args.precision, "progress": not args.no_progress}
     if args.devices:
         options["devices"] = args.devices
+    if args.steps_only:
+        options.update(epoch_modes=(), fused_ce=None)
     if args.config:
         options["configs"] = tuple(dict.fromkeys(args.config))
     if args.repeats is not None:

@@ -103,6 +103,9 @@ def test_options():
     settings = cli.settings_from_args(args)
     assert settings.configs == ("tiny",) and settings.repeats == 7
     assert settings.dtype == "float64"
+    assert settings.epoch_modes and settings.fused_ce
+    steps_only = cli.settings_from_args(parser.parse_args(["--steps-only"]))
+    assert steps_only.epoch_modes == () and steps_only.fused_ce is None
     with pytest.raises(SystemExit):
         parser.parse_args(["--repeats", "0"])
     with pytest.raises(SystemExit):
