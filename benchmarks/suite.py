@@ -33,7 +33,7 @@ class Settings:
     dtype: str = "float32"
     precision: str | None = None  # "bf16": bfloat16 compute, `dtype` master params
     devices: tuple[int, ...] = ()  # a data-parallel sweep over these device counts
-    devices_check_steps: int = 5  # steps from the same state compared across device counts
+    devices_check_steps: int = 1  # steps from the same state compared across device counts
     device: str | None = None  # "cpu", "gpu" or None for JAX's default
     repeats: int = 30
     warmup: int = 3
