@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -107,6 +108,27 @@ def _to_float64(tree):
         else jnp.asarray(a), tree)
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(net: Layer, loss: Loss) -> dict:
+    """The jitted functions `check_grads` calls, made once per (net, loss) (the last 64
+    kept): manual and autodiff value-and-grad, and the central differences at chosen
+    coordinates. jit then compiles once per shape and dtype, so repeated checks of a net
+    compile nothing."""
+    def central_differences(params, idx, eps, x, y, *, key, train):
+        flat, unravel = ravel_pytree(params)
+
+        def loss_at(i, step):
+            return loss(net.apply(unravel(flat.at[i].add(step)), x, key=key, train=train), y)
+
+        at = jax.vmap(loss_at, (0, None))
+        return (at(idx, eps) - at(idx, -eps)) / (2 * eps)
+
+    return {
+        "manual": jax.jit(value_and_grad(net, loss), static_argnames="train"),
+        "auto": jax.jit(autodiff_value_and_grad(net, loss), static_argnames="train"),
+        "fd": jax.jit(central_differences, static_argnames="train")}
+
+
 def check_grads(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool = True,
                 fd_coords: int = 8, fd_eps: float = 1e-6, seed: int = 0,
                 autodiff_rtol: float | None = None, fd_rtol: float = FD_RTOL,
@@ -125,39 +147,35 @@ def check_grads(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool =
     Check at a point where the function is differentiable: a ReLU input exactly at 0 or a
     tie in a max makes autodiff pick an arbitrary subgradient.
     """
-    manual = jax.jit(value_and_grad(net, loss), static_argnames="train")
-    auto = jax.jit(autodiff_value_and_grad(net, loss), static_argnames="train")
-    loss_m, grads_m = manual(params, x, y, key=key, train=train)
-    loss_a, grads_a = auto(params, x, y, key=key, train=train)
+    fns = _compiled(net, loss)
+    loss_m, grads_m = fns["manual"](params, x, y, key=key, train=train)
+    loss_a, grads_a = fns["auto"](params, x, y, key=key, train=train)
     dtype = str(jax.tree_util.tree_leaves(grads_m)[0].dtype) if jax.tree_util.tree_leaves(
         grads_m) else str(jnp.asarray(x).dtype)
 
     with jax.enable_x64(True):
         p64, x64, y64 = _to_float64(params), _to_float64(x), _to_float64(y)
-        _, grads64 = jax.jit(value_and_grad(net, loss), static_argnames="train")(
-            p64, x64, y64, key=key, train=train)
-        flat, unravel = ravel_pytree(p64)
-        flat_g, _ = ravel_pytree(grads64)
-
-        @jax.jit
-        def loss_at(i, step):
-            return loss(net.apply(unravel(flat.at[i].add(step)), x64, key=key, train=train), y64)
-
+        _, grads64 = fns["manual"](p64, x64, y64, key=key, train=train)
+        flat_g = np.asarray(ravel_pytree(grads64)[0])
+        # fd_coords random coordinates of each leaf, all perturbed in one vmapped call
         rng = np.random.default_rng(seed)
-        leaves64 = jax.tree_util.tree_leaves_with_path(p64)
-        offsets = np.cumsum([0] + [leaf.size for _, leaf in leaves64])
-        fd_errors = []
-        for (_path, leaf), start in zip(leaves64, offsets[:-1]):
-            if leaf.size == 0:
+        sizes = [leaf.size for leaf in jax.tree_util.tree_leaves(p64)]
+        offsets = np.cumsum([0] + sizes)
+        picks = [start + rng.choice(size, size=min(fd_coords, size), replace=False)
+                 for start, size in zip(offsets[:-1], sizes)]
+        idx = np.concatenate(picks) if picks else np.zeros(0, np.int64)
+        fd = np.asarray(fns["fd"](p64, jnp.asarray(idx), fd_eps, x64, y64, key=key, train=train)
+                        ) if idx.size else np.zeros(0)
+        net_scale = float(np.max(np.abs(flat_g))) if flat_g.size else 0.0
+        fd_errors, done = [], 0
+        for start, size, pick in zip(offsets[:-1], sizes, picks):
+            if size == 0:
                 fd_errors.append((0.0, 0.0))
                 continue
-            idx = start + rng.choice(leaf.size, size=min(fd_coords, leaf.size), replace=False)
-            idx = jnp.asarray(idx)
-            fd = (jax.vmap(loss_at, (0, None))(idx, fd_eps)
-                  - jax.vmap(loss_at, (0, None))(idx, -fd_eps)) / (2 * fd_eps)
-            abs_err = float(jnp.max(jnp.abs(flat_g[idx] - fd)))
-            scale = max(float(jnp.max(jnp.abs(flat_g[start:start + leaf.size]))),
-                        SCALE_FLOOR * float(jnp.max(jnp.abs(flat_g))))
+            abs_err = float(np.max(np.abs(flat_g[pick] - fd[done:done + len(pick)])))
+            done += len(pick)
+            scale = max(float(np.max(np.abs(flat_g[start:start + size]))),
+                        SCALE_FLOOR * net_scale)
             fd_errors.append((abs_err, abs_err / scale if scale > 0 else abs_err))
 
     rows = []
