@@ -171,6 +171,10 @@ def markdown(records: list[dict[str, Any]], notes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _is_mlp(record) -> bool:
+    return record.get("model_kind", "mlp" if len(record.get("sizes", ())) > 2 else "") == "mlp"
+
+
 def png(records: list[dict[str, Any]]) -> bytes:
     """Two panels: manual/auto per config (bars, line at 1), step time vs params (log-log)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -194,9 +198,15 @@ def png(records: list[dict[str, Any]]) -> bytes:
     for p in _of(records, "peer"):
         series.setdefault(p["framework"], []).append(p)
     for name, rs in series.items():
+        # the MLPs are one family, joined by a line; other models (CNN, transformer) are
+        # points of their own
         rs = sorted(rs, key=lambda r: r["params"])
-        ax_time.plot([r["params"] for r in rs], [1e3 * r["step_time_s"] for r in rs],
-                     marker="o", label=name)
+        mlps = [r for r in rs if _is_mlp(r)]
+        line, = ax_time.plot([r["params"] for r in mlps], [1e3 * r["step_time_s"] for r in mlps],
+                             marker="o", label=name)
+        others = [r for r in rs if not _is_mlp(r)]
+        ax_time.plot([r["params"] for r in others], [1e3 * r["step_time_s"] for r in others],
+                     marker="s", linestyle="none", color=line.get_color())
         if name == "manual":
             for r in rs:
                 ax_time.annotate(r["config"], (r["params"], 1e3 * r["step_time_s"]),
@@ -206,7 +216,7 @@ def png(records: list[dict[str, Any]]) -> bytes:
     ax_time.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap
     ax_time.set_xlabel("parameters")
     ax_time.set_ylabel("median step time (ms)")
-    ax_time.set_title("train step time vs model size")
+    ax_time.set_title("train step time vs model size (■: not an MLP)")
     ax_time.legend()
     env = next((r for r in records if r.get("kind") == "step"), {})
     precision = f", precision {env['precision']}" if env.get("precision") else ""

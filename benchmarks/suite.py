@@ -224,7 +224,8 @@ def bench_config(config: Config, settings: Settings,
         times.update({name: peer_times[name] for name in runners if name not in fbp_runners})
         fbp_in_peer_round = {grad: measure.summary(peer_times[grad])["step_time_s"]
                              for grad in fbp_runners}
-    common = {"config": config.name, "layers": config.layers, "sizes": list(config.sizes),
+    common = {"config": config.name, "model_kind": config.kind, "layers": config.layers,
+              "sizes": list(config.sizes),
               "params": n_params, "batch_size": config.batch_size, "dtype": settings.dtype,
               "precision": settings.precision,
               "repeats": settings.repeats, "optimizer": f"gd({LEARNING_RATE})",
