@@ -6,12 +6,12 @@ combinator carries its own hand-written backward pass, checked against `jax.grad
 
 from fbp import layers, losses
 from fbp._layer import Layer
-from fbp.backprop import autodiff_value_and_grad, custom_vjp, value_and_grad
+from fbp.backprop import autodiff_value_and_grad, custom_vjp, l2_penalty, value_and_grad
 from fbp.check import GradReport, check_grads
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Layer", "layers", "losses", "value_and_grad", "autodiff_value_and_grad", "custom_vjp",
-    "check_grads", "GradReport", "__version__",
+    "l2_penalty", "check_grads", "GradReport", "__version__",
 ]

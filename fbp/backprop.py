@@ -47,7 +47,30 @@ def _to(dtype, tree):
         lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
-def value_and_grad(net: Layer, loss: Loss, *, precision: str | None = None) -> GradFn:
+def l2_penalty(params: Params, strength: float) -> tuple[Array, Params]:
+    """Weight decay as a loss term, and its gradient written out:
+
+        R(θ) = λ/2 · Σ_W ‖W‖²          over the weight matrices and kernels (the leaves of
+                                        rank ≥ 2); biases, scales and running statistics
+        ∂R/∂W = λ W,  0 elsewhere       are not penalized.
+
+    With plain gradient descent this is the same as decaying each W by (1 − ηλ) per step.
+    """
+    weights = [w for w in jax.tree_util.tree_leaves(params) if w.ndim >= 2]
+    value = 0.5 * strength * sum(jnp.sum(jnp.square(w)) for w in weights)
+    grads = jax.tree_util.tree_map(
+        lambda w: strength * w if w.ndim >= 2 else jnp.zeros_like(w), params)
+    return jnp.asarray(value, jnp.result_type(*weights)) if weights else jnp.zeros(()), grads
+
+
+def _check_l2(l2) -> float:
+    if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not l2 >= 0:
+        raise ValueError(f"l2 must be a non-negative number (the penalty λ/2·Σ‖W‖²), got {l2!r}")
+    return float(l2)
+
+
+def value_and_grad(net: Layer, loss: Loss, *, precision: str | None = None,
+                   l2: float = 0.0) -> GradFn:
     """The manual backprop: f(params, x, y, *, key=None, train=True) -> (L, ∂L/∂params).
 
     1. forward:  pred, res = net.fwd(params, x)      (each layer keeps what its bwd needs)
@@ -58,23 +81,28 @@ def value_and_grad(net: Layer, loss: Loss, *, precision: str | None = None) -> G
     precision="bf16": forward and backward run in bfloat16 on a bfloat16 copy of the
     (float32 master) params; the loss and its gradient are computed in float32, and the
     parameter gradients come back in the params' own dtype, ready for a float32 update.
+
+    l2=λ adds the penalty λ/2·Σ‖W‖² (see `l2_penalty`) to L and λW to ∂L/∂W.
     """
-    f = training_pass(net, loss, grad="manual", precision=precision)
+    f = training_pass(net, loss, grad="manual", precision=precision, l2=l2)
     return lambda params, x, y, *, key=None, train=True: f(params, x, y, key=key, train=train)[:2]
 
 
-def autodiff_value_and_grad(net: Layer, loss: Loss, *, precision: str | None = None) -> GradFn:
+def autodiff_value_and_grad(net: Layer, loss: Loss, *, precision: str | None = None,
+                            l2: float = 0.0) -> GradFn:
     """The same function as `value_and_grad`, differentiated by `jax.value_and_grad`."""
-    f = training_pass(net, loss, grad="auto", precision=precision)
+    f = training_pass(net, loss, grad="auto", precision=precision, l2=l2)
     return lambda params, x, y, *, key=None, train=True: f(params, x, y, key=key, train=train)[:2]
 
 
 def training_pass(net: Layer, loss: Loss, *, grad: str = "manual",
-                  precision: str | None = None) -> Callable:
+                  precision: str | None = None, l2: float = 0.0) -> Callable:
     """f(params, x, y, *, key, train) -> (L, ∂L/∂params, params with running statistics
     moved by this pass — or None when the net keeps none). `grad` picks "manual" (the
-    hand-written backward) or "auto" (jax.value_and_grad); nothing else differs."""
+    hand-written backward) or "auto" (jax.value_and_grad); nothing else differs.
+    l2 > 0 adds `l2_penalty` to L (computed on the master parameters)."""
     _check_net_and_loss(net, loss)
+    l2 = _check_l2(l2)
     if grad not in ("manual", "auto"):
         raise ValueError(f"grad must be 'manual' (hand-written backprop) or 'auto' (jax.grad), "
                          f"got {grad!r}")
@@ -90,11 +118,18 @@ def training_pass(net: Layer, loss: Loss, *, grad: str = "manual",
         value, (pred, res, loss_res, stats) = forward(params, x, y, key, train)
         g = loss.bwd(loss_res, jnp.ones_like(value))  # ∂L/∂L = 1
         grads, _ = net.bwd(_to(low, params), res, g.astype(pred.dtype))
-        return value, jax.tree_util.tree_map(lambda d, p: d.astype(p.dtype), grads, params), stats
+        grads = jax.tree_util.tree_map(lambda d, p: d.astype(p.dtype), grads, params)
+        if l2:
+            penalty, d_penalty = l2_penalty(params, l2)
+            value = value + penalty.astype(value.dtype)
+            grads = jax.tree_util.tree_map(jnp.add, grads, d_penalty)
+        return value, grads, stats
 
     def auto(params, x, y, *, key=None, train=True):
         def objective(params):
             value, (*_, stats) = forward(params, x, y, key, train)
+            if l2:
+                value = value + l2_penalty(params, l2)[0].astype(value.dtype)
             return value, stats
         (value, stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
         return value, grads, stats

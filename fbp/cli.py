@@ -126,7 +126,7 @@ def _train(args) -> int:
                          batch_size=args.batch_size, grad=args.grad, seed=args.seed,
                          val_data=val_data, patience=args.patience,
                          checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
-                         devices=args.devices, precision=args.precision)
+                         devices=args.devices, precision=args.precision, l2=args.l2)
     test = evaluate(net, loss, state.params, x_te, y_te)
     acc = f", test accuracy {100 * test['accuracy']:.2f}%" if "accuracy" in test else ""
     print(f"after {len(history['epoch'])} epochs ({history['stopped']}): train loss "
@@ -197,7 +197,10 @@ def main(argv=None) -> int:
     p.add_argument("--optimizer", choices=("gd", "sgd", "adam"), default="gd")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--momentum", type=float, default=0.0, help="for --optimizer sgd")
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="decoupled weight decay in the optimizer (optax.add_decayed_weights)")
+    p.add_argument("--l2", type=float, default=0.0,
+                   help="L2 penalty λ/2·Σ‖W‖² on weight matrices, in the loss and its gradient")
     p.add_argument("--batch-size", type=int, default=32, help="0 for full-batch descent")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--val-fraction", type=float, default=0.1,

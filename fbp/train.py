@@ -54,14 +54,14 @@ def init_state(net: Layer, optimizer: optax.GradientTransformation, key: jax.Arr
 
 
 def _train_step(net: Layer, loss: Loss, optimizer, grad: str, precision: str | None = None,
-                mesh: Mesh | None = None):
+                mesh: Mesh | None = None, l2: float = 0.0):
     """The un-jitted step; `grad` picks how ∂L/∂θ is computed and nothing else.
 
     With a `mesh`, the batch is split along its first axis over the mesh's data axis while
     parameters and optimizer state are replicated; the mean over the batch in the loss
     becomes, in XLA's SPMD partitioning, a sum across devices.
     """
-    pass_ = training_pass(net, loss, grad=grad, precision=precision)
+    pass_ = training_pass(net, loss, grad=grad, precision=precision, l2=l2)
 
     def step(state: TrainState, x, y) -> tuple[TrainState, dict[str, jax.Array]]:
         if mesh is not None:
@@ -115,15 +115,18 @@ def replicate(mesh: Mesh | None, tree):
 
 
 def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, *,
-              grad: str = "manual", precision: str | None = None, mesh: Mesh | None = None):
+              grad: str = "manual", precision: str | None = None, mesh: Mesh | None = None,
+              l2: float = 0.0):
     """A jitted `step(state, x, y) -> (state, metrics)`; the state's buffers are donated.
 
     metrics: `loss` (before the update) and `grad_norm` (‖g‖₂ over all parameters).
     precision="bf16" computes forward and backward in bfloat16 against float32 master
     parameters (see `fbp.value_and_grad`). mesh: data-parallel over its devices (put the
     state there with `replicate(mesh, state)`); the batch size must divide by their count.
+    l2=λ adds λ/2·Σ‖W‖² over the weight matrices and kernels to the loss (`fbp.l2_penalty`).
     """
-    return jax.jit(_train_step(net, loss, optimizer, grad, precision, mesh), donate_argnums=0)
+    return jax.jit(_train_step(net, loss, optimizer, grad, precision, mesh, l2),
+                   donate_argnums=0)
 
 
 def evaluate(net: Layer, loss: Loss, params: Params, x, y) -> dict[str, float]:
@@ -281,7 +284,7 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         val_data=None, stop_at_loss: float | None = None, patience: int | None = None,
         checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1,
         progress: bool = True, epoch_mode: str = "auto", devices=None,
-        precision: str | None = None) -> tuple[TrainState, dict[str, Any]]:
+        precision: str | None = None, l2: float = 0.0) -> tuple[TrainState, dict[str, Any]]:
     """Train `net` on `train_data = (x, y)`; returns the final (or best) state and the history.
 
     - batch_size: None → full-batch gradient descent, 1 → stochastic, b → mini-batches of b;
@@ -304,6 +307,8 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
       the device count.
     - precision: None (compute in the params' dtype) or "bf16" (bfloat16 forward and
       backward, float32 master parameters, loss and update).
+    - l2: λ of the penalty λ/2·Σ‖W‖² on weight matrices and kernels (`fbp.l2_penalty`),
+      included in the training loss; validation and test losses are the data loss alone.
     """
     _check_net_and_loss(net, loss)
     if not isinstance(epochs, int) or epochs <= 0:
@@ -344,6 +349,8 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     state = init_state(net, optimizer, jax.random.fold_in(key, 0), input_shape)
     shuffle_key = jax.random.fold_in(key, 1)
     config = {"seed": seed, "batch_size": batch, "grad": grad, "n": n, "precision": precision}
+    if l2:
+        config["l2"] = l2
     history: dict[str, Any] = {"epoch": [], "train_loss": [], "time_s": []}
     if val_data is not None:
         history.update(val_loss=[], val_accuracy=[])
@@ -355,7 +362,7 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         start, state, history, best = _resume(ckpt_path, state, config)
 
     x, y = _as_param_dtype(x, state.params), _as_param_dtype(y, state.params)
-    step = _train_step(net, loss, optimizer, grad, precision, mesh)
+    step = _train_step(net, loss, optimizer, grad, precision, mesh, l2)
     scan = epoch_mode == "scan" or (epoch_mode == "auto" and _scan_suits(step, state, x, y, batch,
                                                                          mesh))
     run_epoch = _epoch_fn(step, n, batch, shuffle_key, scan, mesh)

@@ -272,3 +272,35 @@ def test_grads_shaped_like_params(dtype):
     # float32 gradients are float32-accurate versions of the float64 ones
     _, grads64 = f(params64, x64, y64)
     assert rel_err(grads, grads64) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_l2_penalty_value_and_gradient_match_autodiff(dtype):
+    """λ/2·Σ‖W‖² on the weight matrices only; manual (λW added by hand) against jax.grad of
+    the penalized loss, with a batch_norm whose 1-D scale, bias and statistics go free."""
+    net = L.serial(L.dense(6), L.batch_norm(), L.tanh(), L.dense(3))
+    rng = np.random.default_rng(0)
+    params = cast_tree(randomize(rng, init_shapes(net, (5, 4))[1]), dtype)
+    x = jnp.asarray(rng.standard_normal((5, 4)), dtype)
+    y = jnp.asarray(rng.standard_normal((5, 3)), dtype)
+    lam = 0.3
+    value, grads = fbp.value_and_grad(net, losses.mse, l2=lam)(params, x, y)
+    value_ref, grads_ref = fbp.autodiff_value_and_grad(net, losses.mse, l2=lam)(params, x, y)
+    plain, plain_grads = fbp.value_and_grad(net, losses.mse)(params, x, y)
+    tol = 1e-12 if dtype == jnp.float64 else 1e-5
+    assert rel_err(grads, grads_ref) < tol
+    weights = [params[0]["w"], params[3]["w"]]
+    penalty = 0.5 * lam * sum(float(jnp.sum(w.astype(jnp.float64) ** 2)) for w in weights)
+    assert float(value) == pytest.approx(float(plain) + penalty, rel=tol)
+    assert float(value_ref) == pytest.approx(float(value), rel=tol)
+    np.testing.assert_allclose(grads[0]["w"], plain_grads[0]["w"] + lam * params[0]["w"],
+                               rtol=tol, atol=tol)
+    # biases and normalization scales are not penalized
+    np.testing.assert_array_equal(grads[0]["b"], plain_grads[0]["b"])
+    np.testing.assert_array_equal(grads[1]["scale"], plain_grads[1]["scale"])
+
+
+@pytest.mark.parametrize("bad", [-0.1, "0.1", True, float("nan")])
+def test_l2_must_be_a_non_negative_number(bad):
+    with pytest.raises(ValueError, match="l2 must be a non-negative number"):
+        fbp.value_and_grad(L.serial(L.dense(2)), losses.mse, l2=bad)

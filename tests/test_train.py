@@ -302,3 +302,24 @@ def test_cli_run_with_dropout_prints_the_gradient_check_and_step_times(capsys):
     assert code == 0
     assert "gradient check on trained params" in out and ": OK" in out
     assert "manual/auto" in out
+
+
+def test_l2_shrinks_the_weights_and_both_gradients_agree():
+    x, y = blobs()
+    runs = {(g, lam): fit(small_net(), losses.softmax_cross_entropy, gd(0.1), (x, y), epochs=5,
+                          batch_size=16, grad=g, l2=lam, progress=False)
+            for g in ("manual", "auto") for lam in (0.0, 0.1)}
+    np.testing.assert_allclose(runs["manual", 0.1][1]["train_loss"],
+                               runs["auto", 0.1][1]["train_loss"], rtol=1e-4)
+
+    def weight_norm(state):
+        return sum(float(jnp.sum(w ** 2)) for w in jax.tree_util.tree_leaves(state.params)
+                   if w.ndim >= 2)
+
+    assert weight_norm(runs["manual", 0.1][0]) < 0.9 * weight_norm(runs["manual", 0.0][0])
+
+
+def test_cli_l2(capsys):
+    code = cli_main(["train", "--data", "iris", "--hidden", "8", "--epochs", "2", "--l2", "0.01",
+                     "--batch-size", "16", "--no-progress", "--no-extras"])
+    assert code == 0 and "test accuracy" in capsys.readouterr().out
