@@ -10,6 +10,7 @@ import optax
 import pytest
 from conftest import rel_err
 
+import fbp
 from fbp import data, losses
 from fbp import layers as L
 from fbp.cli import main as cli_main
@@ -61,6 +62,20 @@ def test_manual_and_auto_steps_agree(opt):
     # and training did something
     first = init_state(net, optimizer, jax.random.key(1), x.shape).params
     assert rel_err(states["manual"].params, first) > 1e-3
+
+
+def test_grad_norm_metric_on_request():
+    x, y = jnp.asarray(blobs()[0], jnp.float64), jnp.asarray(blobs()[1])
+    net, loss = small_net(), losses.softmax_cross_entropy
+    state = init_state(net, gd(0.1), jax.random.key(1), x.shape)
+    _, grads = fbp.value_and_grad(net, loss)(state.params, x, y, key=jax.random.split(
+        state.key)[1])
+    expected = np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree_util.tree_leaves(grads)))
+    _, metrics = make_step(net, loss, gd(0.1), grad_norm=True)(state, x, y)
+    assert float(metrics["grad_norm"]) == pytest.approx(expected, rel=1e-12)
+    state = init_state(net, gd(0.1), jax.random.key(1), x.shape)
+    _, metrics = make_step(net, loss, gd(0.1))(state, x, y)
+    assert set(metrics) == {"loss"}
 
 
 def test_gd_is_w_minus_lr_g():
