@@ -129,7 +129,7 @@ def markdown(records: list[dict[str, Any]], notes: list[str]) -> str:
         forced = any(r.get("forced_host_devices") for r in sweep)
         lines += ["", "Data parallel (`make_step(mesh=data_mesh(n))`, manual gradients): the "
                   "batch split over n devices, parameters replicated. Each count first takes "
-                  f"{sweep[0]['check_steps']} steps from the same state and batch; the "
+                  f"{_steps(sweep[0]['check_steps'])} from the same state and batch; the "
                   "parameters are compared with the fewest-devices run (max |Δθ| / max |θ| "
                   "over leaves). Then the counts are timed interleaved."
                   + (" **These are forced CPU devices sharing the same cores: the column "
@@ -171,8 +171,8 @@ def markdown(records: list[dict[str, Any]], notes: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _is_mlp(record) -> bool:
-    return record.get("model_kind", "mlp" if len(record.get("sizes", ())) > 2 else "") == "mlp"
+def _steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
 
 
 def png(records: list[dict[str, Any]]) -> bytes:
@@ -201,10 +201,10 @@ def png(records: list[dict[str, Any]]) -> bytes:
         # the MLPs are one family, joined by a line; other models (CNN, transformer) are
         # points of their own
         rs = sorted(rs, key=lambda r: r["params"])
-        mlps = [r for r in rs if _is_mlp(r)]
+        mlps = [r for r in rs if r["model_kind"] == "mlp"]
         line, = ax_time.plot([r["params"] for r in mlps], [1e3 * r["step_time_s"] for r in mlps],
                              marker="o", label=name)
-        others = [r for r in rs if not _is_mlp(r)]
+        others = [r for r in rs if r["model_kind"] != "mlp"]
         ax_time.plot([r["params"] for r in others], [1e3 * r["step_time_s"] for r in others],
                      marker="s", linestyle="none", color=line.get_color())
         if name == "manual":

@@ -266,6 +266,7 @@ def bench_devices(config: Config, settings: Settings,
     from jax.sharding import PartitionSpec as P
 
     from fbp import losses
+    from fbp.check import _max_errors
     from fbp.optim import gd
     from fbp.train import data_mesh, make_step, replicate
 
@@ -308,8 +309,7 @@ def bench_devices(config: Config, settings: Settings,
     reference = runs[min(runs)]
     records = []
     for count, r in runs.items():
-        diff = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-                   / max(float(np.max(np.abs(np.asarray(b, np.float64)))), 1e-30)
+        diff = max(_max_errors(a, b)[1]  # max |Δθ| / max |θ| of each leaf
                    for a, b in zip(jax.tree_util.tree_leaves(r["params"]),
                                    jax.tree_util.tree_leaves(reference["params"])))
         rec = {"kind": "devices", "config": config.name, "layers": config.layers,
