@@ -12,7 +12,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from fbp._layer import Layer, Params
+from fbp._layer import Layer, Params, fwd_with_state, stateful_layers
 from fbp.losses import Loss
 
 Array = jax.Array
@@ -69,6 +69,32 @@ def _check_l2(l2) -> float:
     return float(l2)
 
 
+def _stateful_error(fn_name: str, net: Layer) -> ValueError:
+    where = ", ".join(stateful_layers(net))
+    return ValueError(
+        f"{fn_name}: the net keeps running statistics ({where}); pass them, "
+        f"f(params, x, y, state=state), and keep the new state it returns as its third value "
+        "(fbp.train.make_step and fit do this for you)")
+
+
+def _with_state(net: Layer, f: Callable, fn_name: str) -> GradFn:
+    """f(params, x, y, *, key, train, state) -> (L, grads, state'), as the public gradient
+    function: (L, grads) for a stateless net; (L, grads, state') for a stateful one, which
+    must be given its state (so that the moved statistics are never dropped)."""
+    if not net.stateful:
+        def stateless(params, x, y, *, key=None, train=True, state=None):
+            if state is not None and jax.tree_util.tree_leaves(state):
+                raise ValueError(f"{fn_name}: {net.name} keeps no state, but state= was given")
+            return f(params, x, y, key=key, train=train, state={})[:2]
+        return stateless
+
+    def stateful(params, x, y, *, key=None, train=True, state=None):
+        if state is None:
+            raise _stateful_error(fn_name, net)
+        return f(params, x, y, key=key, train=train, state=state)
+    return stateful
+
+
 def value_and_grad(net: Layer, loss: Loss, *, precision: str | None = None,
                    l2: float = 0.0) -> GradFn:
     """The manual backprop: f(params, x, y, *, key=None, train=True) -> (L, ∂L/∂params).
@@ -78,29 +104,35 @@ def value_and_grad(net: Layer, loss: Loss, *, precision: str | None = None,
     3. backward: g = ∂L/∂pred = loss.bwd(...),  then net.bwd carries g from the output back
                  to the input, layer by layer, by the chain rule, collecting ∂L/∂θ.
 
+    A stateful net (batch_norm) needs its state: f(params, x, y, state=state) -> (L,
+    ∂L/∂params, new_state); without it f raises, naming the stateful layers.
+
     precision="bf16": forward and backward run in bfloat16 on a bfloat16 copy of the
     (float32 master) params; the loss and its gradient are computed in float32, and the
     parameter gradients come back in the params' own dtype, ready for a float32 update.
+    Running statistics stay in float32.
 
     l2=λ adds the penalty λ/2·Σ‖W‖² (see `l2_penalty`) to L and λW to ∂L/∂W.
     """
     f = training_pass(net, loss, grad="manual", precision=precision, l2=l2)
-    return lambda params, x, y, *, key=None, train=True: f(params, x, y, key=key, train=train)[:2]
+    return _with_state(net, f, "value_and_grad")
 
 
 def autodiff_value_and_grad(net: Layer, loss: Loss, *, precision: str | None = None,
                             l2: float = 0.0) -> GradFn:
     """The same function as `value_and_grad`, differentiated by `jax.value_and_grad`."""
     f = training_pass(net, loss, grad="auto", precision=precision, l2=l2)
-    return lambda params, x, y, *, key=None, train=True: f(params, x, y, key=key, train=train)[:2]
+    return _with_state(net, f, "autodiff_value_and_grad")
 
 
 def training_pass(net: Layer, loss: Loss, *, grad: str = "manual",
-                  precision: str | None = None, l2: float = 0.0) -> Callable:
-    """f(params, x, y, *, key, train) -> (L, ∂L/∂params, params with running statistics
-    moved by this pass — or None when the net keeps none). `grad` picks "manual" (the
-    hand-written backward) or "auto" (jax.value_and_grad); nothing else differs.
-    l2 > 0 adds `l2_penalty` to L (computed on the master parameters)."""
+                  precision: str | None = None, l2: float = 0.0,
+                  with_dx: bool = False) -> Callable:
+    """f(params, x, y, *, key, train, state) -> (L, ∂L/∂params, new state) — and ∂L/∂x
+    fourth with `with_dx`. `state` is the net's state ({} for a stateless net); a training
+    pass moves it on. `grad` picks "manual" (the hand-written backward) or "auto"
+    (jax.value_and_grad); nothing else differs. l2 > 0 adds `l2_penalty` to L (computed
+    on the master parameters)."""
     _check_net_and_loss(net, loss)
     l2 = _check_l2(l2)
     if grad not in ("manual", "auto"):
@@ -108,31 +140,35 @@ def training_pass(net: Layer, loss: Loss, *, grad: str = "manual",
                          f"got {grad!r}")
     low = compute_dtype(precision)
 
-    def forward(params, x, y, key, train):
-        pred, res = net.fwd(_to(low, params), _to(low, x), key=key, train=train)
+    def forward(params, x, y, key, train, state):
+        pred, res, new_state = fwd_with_state(net, _to(low, params), _to(low, x), key=key,
+                                              train=train, state=state)
         value, loss_res = loss.fwd(_full(pred, low), y)
-        stats = None if net.update_stats is None else net.update_stats(params, res)
-        return value, (pred, res, loss_res, stats)
+        return value, (pred, res, loss_res, new_state)
 
-    def manual(params, x, y, *, key=None, train=True):
-        value, (pred, res, loss_res, stats) = forward(params, x, y, key, train)
+    def manual(params, x, y, *, key=None, train=True, state=None):
+        value, (pred, res, loss_res, new_state) = forward(params, x, y, key, train, state)
         g = loss.bwd(loss_res, jnp.ones_like(value))  # ∂L/∂L = 1
-        grads, _ = net.bwd(_to(low, params), res, g.astype(pred.dtype))
+        grads, dx = net.bwd(_to(low, params), res, g.astype(pred.dtype))
         grads = jax.tree_util.tree_map(lambda d, p: d.astype(p.dtype), grads, params)
         if l2:
             penalty, d_penalty = l2_penalty(params, l2)
             value = value + penalty.astype(value.dtype)
             grads = jax.tree_util.tree_map(jnp.add, grads, d_penalty)
-        return value, grads, stats
+        return (value, grads, new_state, dx) if with_dx else (value, grads, new_state)
 
-    def auto(params, x, y, *, key=None, train=True):
-        def objective(params):
-            value, (*_, stats) = forward(params, x, y, key, train)
+    def auto(params, x, y, *, key=None, train=True, state=None):
+        def objective(params, x):
+            value, (*_, new_state) = forward(params, x, y, key, train, state)
             if l2:
                 value = value + l2_penalty(params, l2)[0].astype(value.dtype)
-            return value, stats
-        (value, stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        return value, grads, stats
+            return value, new_state
+        if not with_dx:
+            (value, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params, x)
+            return value, grads, new_state
+        (value, new_state), (grads, dx) = jax.value_and_grad(
+            objective, argnums=(0, 1), has_aux=True)(params, x)
+        return value, grads, new_state, dx
 
     return manual if grad == "manual" else auto
 
@@ -142,52 +178,29 @@ def _full(pred, low):
     return pred if low is None else pred.astype(jnp.float32)
 
 
-def _split_static(res):
-    """Split residuals into array leaves (traced) and everything else (static Python values)."""
-    leaves, treedef = jax.tree_util.tree_flatten(res)
-    is_array = [isinstance(leaf, (jax.Array, jnp.ndarray)) or hasattr(leaf, "aval")
-                for leaf in leaves]
-    arrays = [leaf for leaf, a in zip(leaves, is_array) if a]
-    static = (treedef, is_array, [leaf for leaf, a in zip(leaves, is_array) if not a])
-    return arrays, static
-
-
-def _join_static(arrays, static):
-    treedef, is_array, others = static
-    arrays, others = iter(arrays), iter(others)
-    return jax.tree_util.tree_unflatten(
-        treedef, [next(arrays) if a else next(others) for a in is_array])
-
-
 def custom_vjp(layer: Layer, *, train: bool = False) -> Callable[..., Array]:
     """f(params, x, key=None) -> y whose derivative under JAX is `layer.bwd`.
 
     `jax.grad`, `jax.vjp` and `jax.vmap` (e.g. per-example gradients) through `f` all
-    run the hand-written backward, so fbp layers can sit inside any JAX program.
+    run the hand-written backward, so fbp layers can sit inside any JAX program. (For a
+    stateful layer use it in evaluation, with its state fixed: f(params, x, key, state).)
     """
     if not isinstance(layer, Layer):
         raise TypeError(f"custom_vjp: expected a fbp.Layer, got {type(layer).__name__}")
 
-    def f(params, x, key=None):
-        static = {}  # non-array residuals (shapes, split sizes) of this call
+    @jax.custom_vjp
+    def f(params, x, key=None, state=None):
+        return fwd_with_state(layer, params, x, key=key, train=train, state=state)[0]
 
-        @jax.custom_vjp
-        def call(params, x, key):
-            return layer.apply(params, x, key=key, train=train)
+    # f_fwd :: (P, X, key, S) -> (Y, (P, res))
+    def f_fwd(params, x, key=None, state=None):
+        y, res, _ = fwd_with_state(layer, params, x, key=key, train=train, state=state)
+        return y, (params, res)
 
-        # call_fwd :: (P, X, key) -> (Y, (P, residual arrays))
-        def call_fwd(params, x, key):
-            y, res = layer.fwd(params, x, key=key, train=train)
-            arrays, static["res"] = _split_static(res)
-            return y, (params, arrays)
+    # f_bwd :: ((P, res), CT Y) -> (CT P, CT X, CT key = None, CT S = None)
+    def f_bwd(saved, g):
+        params, res = saved
+        return (*layer.bwd(params, res, g), None, None)
 
-        # call_bwd :: ((P, residual arrays), CT Y) -> (CT P, CT X, CT key = None)
-        def call_bwd(saved, g):
-            params, arrays = saved
-            grads, dx = layer.bwd(params, _join_static(arrays, static["res"]), g)
-            return grads, dx, None
-
-        call.defvjp(call_fwd, call_bwd)
-        return call(params, x, key)
-
+    f.defvjp(f_fwd, f_bwd)
     return f

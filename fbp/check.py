@@ -5,24 +5,29 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from fbp._layer import Layer
-from fbp.backprop import autodiff_value_and_grad, value_and_grad
+from fbp import _tape
+from fbp._layer import Layer, fwd_with_state, init_with_state
+from fbp.backprop import training_pass
 from fbp.losses import Loss
 
 # Relative error allowed for manual vs jax.grad (by dtype) and manual vs finite differences.
 AUTODIFF_RTOL = {"float64": 1e-9, "float32": 1e-4, "bfloat16": 5e-2, "float16": 5e-2}
 FD_RTOL = 1e-6
+# A layer's own bwd against jax.vjp of its fwd, both in float64 at one point: they differ
+# by rounding (~1e-14) unless the bwd is wrong.
+LAYER_RTOL = 1e-7
 
 
 @dataclasses.dataclass(frozen=True)
 class LeafError:
-    """Errors of one parameter leaf's manual gradient."""
+    """Errors of one parameter leaf's manual gradient (or of ∂L/∂x: path "x")."""
 
     path: str
     shape: tuple[int, ...]
@@ -51,8 +56,25 @@ def _max_errors(a, b, floor: float = 0.0) -> tuple[float, float]:
 
 
 @dataclasses.dataclass(frozen=True)
+class LayerError:
+    """One layer's own bwd against `jax.vjp` of its own fwd, at the input, params and
+    cotangent it met in one pass through the net (float64): relative errors of ∂θ and ∂x."""
+
+    path: str           # where it sits: "" for the net itself, "serial[1]", "serial[2]/residual[0]"
+    name: str
+    rel_err_params: float
+    rel_err_x: float
+    autodiff: bool      # its bwd is jax.vjp (from_function): agrees by construction
+
+    @property
+    def label(self) -> str:
+        return f"{self.path} {self.name}" if self.path else self.name
+
+
+@dataclasses.dataclass(frozen=True)
 class GradReport:
-    """What `check_grads` found: one row per parameter leaf, and whether all agree."""
+    """What `check_grads` found: one row per parameter leaf and one for ∂L/∂x, whether all
+    agree, and which layers' own backward passes do not (`faulty_layers`)."""
 
     name: str
     dtype: str
@@ -61,6 +83,8 @@ class GradReport:
     leaves: tuple[LeafError, ...]
     autodiff_rtol: float
     fd_rtol: float
+    layers: tuple[LayerError, ...] = ()
+    layer_rtol: float = LAYER_RTOL
 
     @property
     def max_rel_err_autodiff(self) -> float:
@@ -71,12 +95,24 @@ class GradReport:
         return max((leaf.rel_err_fd for leaf in self.leaves), default=0.0)
 
     @property
+    def faulty_layers(self) -> list[str]:
+        """The innermost layers whose own bwd disagrees with jax.vjp of their fwd, each as
+        `path name` (e.g. "serial[1] scale"); a combinator is listed only when none of the
+        layers inside it is. Empty when every layer agrees."""
+        bad = [e for e in self.layers
+               if max(e.rel_err_params, e.rel_err_x) > self.layer_rtol
+               or not (math.isfinite(e.rel_err_params) and math.isfinite(e.rel_err_x))]
+        inner = [e for e in bad if not any(
+            o is not e and (e.path == "" or o.path.startswith(e.path + "/")) for o in bad)]
+        return [e.label for e in inner]
+
+    @property
     def ok(self) -> bool:
         loss_ok = math.isclose(self.loss_manual, self.loss_autodiff,
                                rel_tol=self.autodiff_rtol, abs_tol=self.autodiff_rtol)
         return (loss_ok and math.isfinite(self.loss_manual)
                 and self.max_rel_err_autodiff <= self.autodiff_rtol
-                and self.max_rel_err_fd <= self.fd_rtol)
+                and self.max_rel_err_fd <= self.fd_rtol and not self.faulty_layers)
 
     def table(self, *, header: bool = True) -> str:
         rows = []
@@ -85,20 +121,25 @@ class GradReport:
                         f"{'rel auto':>9} {'|Δ| fd':>9} {'rel fd':>9}  ok")
         for leaf in self.leaves or (None,):
             if leaf is None:
-                rows.append(f"{self.name:<44} {'(no params)':<22} {'':<12} {'':>9} {'':>9} "
+                rows.append(f"{self.name:<44} {'(no params, x)':<22} {'':<12} {'':>9} {'':>9} "
                             f"{'':>9} {'':>9}  {'yes' if self.ok else 'NO'}")
                 continue
             ok = (leaf.rel_err_autodiff <= self.autodiff_rtol and leaf.rel_err_fd <= self.fd_rtol)
             rows.append(f"{self.name[:44]:<44} {leaf.path[:22]:<22} {str(leaf.shape):<12} "
                         f"{leaf.abs_err_autodiff:9.1e} {leaf.rel_err_autodiff:9.1e} "
                         f"{leaf.abs_err_fd:9.1e} {leaf.rel_err_fd:9.1e}  {'yes' if ok else 'NO'}")
+        for label in self.faulty_layers:
+            rows.append(f"{self.name[:44]:<44} faulty layer: {label} (its bwd disagrees with "
+                        "jax.vjp of its fwd)")
         return "\n".join(rows)
 
     def __str__(self) -> str:
+        faulty = (f"; faulty layers: {', '.join(self.faulty_layers)}" if self.faulty_layers
+                  else "")
         return (f"{self.table()}\n{self.name} [{self.dtype}]: loss {self.loss_manual:.6g} "
                 f"(autodiff {self.loss_autodiff:.6g}); max rel err vs jax.grad "
                 f"{self.max_rel_err_autodiff:.1e} (tol {self.autodiff_rtol:.0e}), vs finite "
-                f"differences {self.max_rel_err_fd:.1e} (tol {self.fd_rtol:.0e}): "
+                f"differences {self.max_rel_err_fd:.1e} (tol {self.fd_rtol:.0e}){faulty}: "
                 f"{'OK' if self.ok else 'MISMATCH'}")
 
 
@@ -108,63 +149,149 @@ def _to_float64(tree):
         else jnp.asarray(a), tree)
 
 
+def _rel_err(a_leaves, b_leaves, floor):
+    """max |a − b| / max(max |b|, floor), over lists of arrays (inside jit)."""
+    pairs = [(a, b) for a, b in zip(a_leaves, b_leaves)
+             if b.size and jnp.issubdtype(b.dtype, jnp.inexact)]
+    if not pairs:
+        return jnp.zeros(())
+    diff = jnp.max(jnp.stack([jnp.max(jnp.abs(a.astype(b.dtype) - b)) for a, b in pairs]))
+    scale = jnp.maximum(jnp.max(jnp.stack([jnp.max(jnp.abs(b)) for _, b in pairs])), floor)
+    return jnp.where(scale > 0, diff / jnp.where(scale > 0, scale, 1), diff)
+
+
+def layer_errors(net: Layer, loss: Loss) -> Callable:
+    """f(params, x, y, key, train, state) -> {path: (rel err ∂θ, rel err ∂x)}: every layer's
+    own bwd in one manual backprop through `net`, against `jax.vjp` of its own fwd at the
+    input, params, key and state it received and the cotangent that reached it (makemore's
+    `cmp` on every intermediate). Jit it; `layer_calls` gives the layers by path."""
+    def f(params, x, y, key, train, state):
+        with _tape.recording() as tape:
+            out = fwd_with_state(net, params, x, key=key, train=train, state=state)
+            tape.calls[""] = _tape.Call(net, params, x, key, train, state, *out)
+            pred, res, _ = out
+            value, loss_res = loss.fwd(pred, y)
+            g = loss.bwd(loss_res, jnp.ones_like(value)).astype(pred.dtype)
+            tape.calls[""].g = g
+            tape.calls[""].grads, tape.calls[""].dx = net.bwd(params, res, g)
+        errors = {}
+        for path, call in tape.calls.items():
+            if call.g is None:  # not reached by the backward
+                continue
+
+            def forward(p, x, call=call):
+                return fwd_with_state(call.layer, p, x, key=call.key, train=call.train,
+                                      state=call.state)[0]
+            _, vjp = jax.vjp(forward, call.params, call.x)
+            ref_grads, ref_dx = vjp(call.g)
+            ref_p, got_p = jax.tree_util.tree_leaves(ref_grads), jax.tree_util.tree_leaves(call.grads)
+            if len(ref_p) != len(got_p):
+                errors[path] = (jnp.array(jnp.inf), jnp.array(jnp.inf))
+                continue
+            refs = [r for r in ref_p + [ref_dx] if r.size and jnp.issubdtype(r.dtype, jnp.inexact)]
+            floor = SCALE_FLOOR * (jnp.max(jnp.stack([jnp.max(jnp.abs(r)) for r in refs]))
+                                   if refs else jnp.zeros(()))
+            errors[path] = (_rel_err(got_p, ref_p, floor), _rel_err([call.dx], [ref_dx], floor))
+        return errors
+    return f
+
+
+def layer_calls(net: Layer, loss: Loss, params, x, y, *, key=None, train=True,
+                state=None) -> dict:
+    """{path: layer} of every layer one pass through `net` calls (traced, not run)."""
+    calls = {}
+
+    def f(params, x, y):
+        with _tape.recording() as tape:
+            out = fwd_with_state(net, params, x, key=key, train=train, state=state)
+            calls.update({path: call.layer for path, call in tape.calls.items()})
+        return out[0]
+
+    jax.eval_shape(f, params, x, y)
+    return {"": net, **calls}
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled(net: Layer, loss: Loss) -> dict:
     """The jitted functions `check_grads` calls, made once per (net, loss) (the last 64
-    kept): manual and autodiff value-and-grad, and the central differences at chosen
-    coordinates. jit then compiles once per shape and dtype, so repeated checks of a net
-    compile nothing."""
-    def central_differences(params, idx, eps, x, y, *, key, train):
-        flat, unravel = ravel_pytree(params)
+    kept): manual and autodiff value-and-grad (with ∂L/∂x), the central differences at
+    chosen coordinates of (params, x), and the per-layer search. jit then compiles once
+    per shape and dtype, so repeated checks of a net compile nothing."""
+    def central_differences(params, x, idx, eps, y, *, key, train, state, with_x):
+        flat, unravel = ravel_pytree((params, x) if with_x else params)
 
         def loss_at(i, step):
-            return loss(net.apply(unravel(flat.at[i].add(step)), x, key=key, train=train), y)
+            p, x_at = unravel(flat.at[i].add(step)) if with_x else (
+                unravel(flat.at[i].add(step)), x)
+            return loss(fwd_with_state(net, p, x_at, key=key, train=train, state=state)[0], y)
 
         at = jax.vmap(loss_at, (0, None))
         return (at(idx, eps) - at(idx, -eps)) / (2 * eps)
 
     return {
-        "manual": jax.jit(value_and_grad(net, loss), static_argnames="train"),
-        "auto": jax.jit(autodiff_value_and_grad(net, loss), static_argnames="train"),
-        "fd": jax.jit(central_differences, static_argnames="train")}
+        "manual": jax.jit(training_pass(net, loss, grad="manual", with_dx=True),
+                          static_argnames="train"),
+        "auto": jax.jit(training_pass(net, loss, grad="auto", with_dx=True),
+                        static_argnames="train"),
+        "fd": jax.jit(central_differences, static_argnames=("train", "with_x")),
+        "layers": jax.jit(layer_errors(net, loss), static_argnames="train")}
 
 
 def check_grads(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool = True,
-                fd_coords: int = 8, fd_eps: float = 1e-6, seed: int = 0,
+                state=None, fd_coords: int = 8, fd_eps: float = 1e-6, seed: int = 0,
                 autodiff_rtol: float | None = None, fd_rtol: float = FD_RTOL,
                 name: str | None = None) -> GradReport:
-    """Compare the manual gradient of `loss(net(params, x), y)` with `jax.grad` and with
-    central finite differences.
+    """Compare the manual gradient of `loss(net(params, x), y)` — ∂L/∂θ for every parameter
+    leaf and ∂L/∂x — with `jax.grad` and with central finite differences, and search the
+    net for the layers whose own backward is wrong.
 
     - manual vs `jax.grad`: in the dtype of `params` (every leaf, every entry);
     - manual vs finite differences: in float64, at `fd_coords` random coordinates of each
-      leaf, (L(θ + εe_i) − L(θ − εe_i)) / 2ε with ε = `fd_eps`.
+      leaf (and of x), (L(θ + εe_i) − L(θ − εe_i)) / 2ε with ε = `fd_eps`;
+    - every layer in the net (`report.layers`, `report.faulty_layers`): its own bwd against
+      `jax.vjp` of its own fwd, at the input and cotangent it met in one float64 pass.
 
     Errors are relative to the leaf's largest gradient entry, floored at 1% of the largest
     in the whole net (`SCALE_FLOOR`), so a leaf whose true gradient is exactly zero (a bias
     just before a normalization) is judged by its absolute error against the net's scale.
+    ∂L/∂x is checked when x is floating (integer token ids have no gradient).
 
-    Check at a point where the function is differentiable: a ReLU input exactly at 0 or a
-    tie in a max makes autodiff pick an arbitrary subgradient.
+    A stateful net (batch_norm) needs `state=`. Check at a point where the function is
+    differentiable: a ReLU input exactly at 0 or a tie in a max makes autodiff pick an
+    arbitrary subgradient.
     """
+    if net.stateful and state is None:
+        init_state = "init(key, input_shape)[2]"
+        raise ValueError(f"check_grads: {net.name} keeps running statistics; pass state= "
+                         f"(the third value of net.{init_state}, or TrainState.net_state)")
+    state = {} if state is None else state
     fns = _compiled(net, loss)
-    loss_m, grads_m = fns["manual"](params, x, y, key=key, train=train)
-    loss_a, grads_a = fns["auto"](params, x, y, key=key, train=train)
+    with_x = jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+    loss_m, grads_m, _, dx_m = fns["manual"](params, x, y, key=key, train=train, state=state)
+    loss_a, grads_a, _, dx_a = fns["auto"](params, x, y, key=key, train=train, state=state)
+    if jax.tree_util.tree_structure(grads_m) != jax.tree_util.tree_structure(grads_a):
+        raise AssertionError(f"manual gradient has structure {jax.tree_util.tree_structure(grads_m)}"
+                             f", jax.grad's {jax.tree_util.tree_structure(grads_a)}")
     dtype = str(jax.tree_util.tree_leaves(grads_m)[0].dtype) if jax.tree_util.tree_leaves(
         grads_m) else str(jnp.asarray(x).dtype)
 
     with jax.enable_x64(True):
-        p64, x64, y64 = _to_float64(params), _to_float64(x), _to_float64(y)
-        _, grads64 = fns["manual"](p64, x64, y64, key=key, train=train)
-        flat_g = np.asarray(ravel_pytree(grads64)[0])
-        # fd_coords random coordinates of each leaf, all perturbed in one vmapped call
+        p64, x64, y64, s64 = (_to_float64(t) for t in (params, x, y, state))
+        _, grads64, _, dx64 = fns["manual"](p64, x64, y64, key=key, train=train, state=s64)
+        layer_err = fns["layers"](p64, x64, y64, key, train, s64)
+        calls = layer_calls(net, loss, p64, x64, y64, key=key, train=train, state=s64)
+        flat_g = np.asarray(ravel_pytree((grads64, dx64 if with_x else jnp.zeros((0,))))[0])
+        # fd_coords random coordinates of each leaf (and of x), all perturbed in one call
         rng = np.random.default_rng(seed)
         sizes = [leaf.size for leaf in jax.tree_util.tree_leaves(p64)]
+        if with_x:
+            sizes.append(x64.size)
         offsets = np.cumsum([0] + sizes)
         picks = [start + rng.choice(size, size=min(fd_coords, size), replace=False)
                  for start, size in zip(offsets[:-1], sizes)]
         idx = np.concatenate(picks) if picks else np.zeros(0, np.int64)
-        fd = np.asarray(fns["fd"](p64, jnp.asarray(idx), fd_eps, x64, y64, key=key, train=train)
+        fd = np.asarray(fns["fd"](p64, x64, jnp.asarray(idx), fd_eps, y64, key=key,
+                                  train=train, state=s64, with_x=with_x)
                         ) if idx.size else np.zeros(0)
         net_scale = float(np.max(np.abs(flat_g))) if flat_g.size else 0.0
         fd_errors, done = [], 0
@@ -178,21 +305,24 @@ def check_grads(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool =
                         SCALE_FLOOR * net_scale)
             fd_errors.append((abs_err, abs_err / scale if scale > 0 else abs_err))
 
-    rows = []
+    named_m = [(jax.tree_util.keystr(path), g) for path, g in
+               jax.tree_util.tree_leaves_with_path(grads_m)]
     auto_leaves = jax.tree_util.tree_leaves(grads_a)
+    if with_x:
+        named_m.append(("x", dx_m))
+        auto_leaves.append(dx_a)
     auto_scale = max((float(np.max(np.abs(np.asarray(g, np.float64)))) for g in auto_leaves
                       if g.size), default=0.0)
-    for (path, g_m), g_a, (fd_abs, fd_rel) in zip(
-            jax.tree_util.tree_leaves_with_path(grads_m), auto_leaves, fd_errors):
+    rows = []
+    for (path, g_m), g_a, (fd_abs, fd_rel) in zip(named_m, auto_leaves, fd_errors):
         a_abs, a_rel = _max_errors(g_m, g_a, floor=SCALE_FLOOR * auto_scale)
-        rows.append(LeafError(jax.tree_util.keystr(path), tuple(g_m.shape), a_abs, a_rel,
-                              fd_abs, fd_rel))
-    if jax.tree_util.tree_structure(grads_m) != jax.tree_util.tree_structure(grads_a):
-        raise AssertionError(f"manual gradient has structure {jax.tree_util.tree_structure(grads_m)}"
-                             f", jax.grad's {jax.tree_util.tree_structure(grads_a)}")
+        rows.append(LeafError(path, tuple(g_m.shape), a_abs, a_rel, fd_abs, fd_rel))
+    layers = tuple(LayerError(path, calls[path].name, float(e_p), float(e_x),
+                              calls[path].autodiff)
+                   for path, (e_p, e_x) in layer_err.items())
     rtol = autodiff_rtol if autodiff_rtol is not None else AUTODIFF_RTOL.get(dtype, 1e-4)
     return GradReport(name or f"{net.name} + {loss.name}", dtype, float(loss_m), float(loss_a),
-                      tuple(rows), rtol, fd_rtol)
+                      tuple(rows), rtol, fd_rtol, layers)
 
 
 # --- every built-in layer and loss, for `fbp check` -----------------------------------------
@@ -286,7 +416,7 @@ def check_builtins(dtypes=("float64", "float32"), seed: int = 0) -> list[GradRep
     with jax.enable_x64(True):
         for i, (name, net, loss, in_shape, make_target, needs_key) in enumerate(builtin_cases()):
             k_init, k_noise, k_x, k_y, k_drop = jax.random.split(jax.random.key(seed + i), 5)
-            _, params = net.init(k_init, in_shape)
+            _, params, state = init_with_state(net, k_init, in_shape)
             params = random_params(k_noise, params)
             x = jax.random.normal(k_x, in_shape)
             y = make_target(k_y, in_shape[0])
@@ -295,5 +425,6 @@ def check_builtins(dtypes=("float64", "float32"), seed: int = 0) -> list[GradRep
                         if jnp.issubdtype(a.dtype, jnp.floating) else a)
                 reports.append(check_grads(
                     net, loss, jax.tree_util.tree_map(cast, params), cast(x), cast(y),
-                    key=k_drop if needs_key else None, name=f"{name} [{dtype}]"))
+                    key=k_drop if needs_key else None, name=f"{name} [{dtype}]",
+                    state=state if net.stateful else None))
     return reports

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from fbp import checkpoint
-from fbp._layer import Layer, Params, merge_stats
+from fbp._layer import Layer, Params, State, fwd_with_state, init_with_state, stateful_layers
 from fbp.backprop import _check_net_and_loss, compute_dtype, training_pass
 from fbp.losses import Loss
 
@@ -37,9 +37,14 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
 class TrainState(NamedTuple):
-    """Everything that changes during training (a pytree)."""
+    """Everything that changes during training (a pytree).
+
+    params are trained by the optimizer; net_state (the running statistics of batch_norm,
+    {} for a stateless net) is set by each training pass and never touched by the
+    optimizer."""
 
     params: Params
+    net_state: State
     opt_state: optax.OptState
     step: jax.Array
     key: jax.Array  # for dropout; split once per step
@@ -47,10 +52,11 @@ class TrainState(NamedTuple):
 
 def init_state(net: Layer, optimizer: optax.GradientTransformation, key: jax.Array,
                input_shape: tuple[int, ...]) -> TrainState:
-    """Initial parameters (shapes inferred from `input_shape`, batch first) and optimizer state."""
+    """Initial parameters (shapes inferred from `input_shape`, batch first), the net's state
+    and the optimizer's state (of the params only)."""
     init_key, key = jax.random.split(key)
-    _, params = net.init(init_key, input_shape)
-    return TrainState(params, optimizer.init(params), jnp.zeros([], jnp.int32), key)
+    _, params, net_state = init_with_state(net, init_key, input_shape)
+    return TrainState(params, net_state, optimizer.init(params), jnp.zeros([], jnp.int32), key)
 
 
 def _train_step(net: Layer, loss: Loss, optimizer, grad: str, precision: str | None = None,
@@ -67,15 +73,14 @@ def _train_step(net: Layer, loss: Loss, optimizer, grad: str, precision: str | N
         if mesh is not None:
             x, y = shard_batch(mesh, x), shard_batch(mesh, y)
         key, dropout_key = jax.random.split(state.key)
-        value, grads, stats = pass_(state.params, x, y, key=dropout_key, train=True)
+        value, grads, net_state = pass_(state.params, x, y, key=dropout_key, train=True,
+                                        state=state.net_state)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        if stats is not None:  # running statistics (batch_norm) are set, not trained
-            params = merge_stats(params, stats)
         metrics = {"loss": value}
         if grad_norm:  # one more pass over every gradient: only when asked for
             metrics["grad_norm"] = global_norm(grads)
-        return TrainState(params, opt_state, state.step + 1, key), metrics
+        return TrainState(params, net_state, opt_state, state.step + 1, key), metrics
 
     return step
 
@@ -132,17 +137,40 @@ def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, *
                    donate_argnums=0)
 
 
-def evaluate(net: Layer, loss: Loss, params: Params, x, y) -> dict[str, float]:
-    """Loss, and accuracy when `y` holds integer class labels, with training off."""
+def _params_and_state(fn_name: str, net: Layer, params_or_state, state):
+    """(params, net state) from a TrainState, or from bare params (+ state= for a stateful net)."""
+    if isinstance(params_or_state, TrainState):
+        if state is not None:
+            raise ValueError(f"{fn_name}: got a TrainState and state=; the TrainState "
+                             "already carries the net's state")
+        return params_or_state.params, params_or_state.net_state
+    if net.stateful and state is None:
+        raise ValueError(f"{fn_name}: the net keeps running statistics "
+                         f"({', '.join(stateful_layers(net))}); pass the TrainState that fit "
+                         "returns, or params with state=")
+    return params_or_state, {} if state is None else state
+
+
+def evaluate(net: Layer, loss: Loss, params: Params | TrainState, x, y, *,
+             state: State = None) -> dict[str, float]:
+    """Loss, and accuracy when `y` holds integer class labels, with training off.
+
+    `params`: the TrainState that `fit` returns, or bare params (with `state=` for a
+    stateful net)."""
+    params, net_state = _params_and_state("evaluate", net, params, state)
     x, y = _as_param_dtype(np.asarray(x), params), _as_param_dtype(np.asarray(y), params)
-    return {k: float(v) for k, v in _evaluate(net, loss)(params, x, y).items()}
+    return {k: float(v) for k, v in _evaluate(net, loss)(params, net_state, x, y).items()}
 
 
-def predict(net: Layer, params: Params, x) -> jax.Array:
-    """net(params, x) with training off; floating x is cast to the parameters' dtype."""
+def predict(net: Layer, params: Params | TrainState, x, *, state: State = None) -> jax.Array:
+    """net(params, x) with training off; floating x is cast to the parameters' dtype.
+
+    `params`: the TrainState that `fit` returns, or bare params (with `state=` for a
+    stateful net)."""
+    params, net_state = _params_and_state("predict", net, params, state)
     if net not in _PREDICT_CACHE:
-        _PREDICT_CACHE[net] = jax.jit(net.apply)
-    return _PREDICT_CACHE[net](params, _as_param_dtype(np.asarray(x), params))
+        _PREDICT_CACHE[net] = jax.jit(lambda p, s, x: fwd_with_state(net, p, x, state=s)[0])
+    return _PREDICT_CACHE[net](params, net_state, _as_param_dtype(np.asarray(x), params))
 
 
 _PREDICT_CACHE: dict = {}
@@ -151,8 +179,8 @@ _EVAL_CACHE: dict = {}
 
 def _evaluate(net, loss):
     if (net, loss) not in _EVAL_CACHE:
-        def metrics(params, x, y):
-            pred = net.apply(params, x)
+        def metrics(params, net_state, x, y):
+            pred = fwd_with_state(net, params, x, state=net_state)[0]
             out = {"loss": loss(pred, y)}
             if jnp.issubdtype(y.dtype, jnp.integer) and pred.shape[:-1] == y.shape:
                 out["accuracy"] = jnp.mean(jnp.argmax(pred, axis=-1) == y)
@@ -396,13 +424,14 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         postfix = {"loss": f"{train_loss:.4g}", "samples/s": f"{samples_per_s:.3g}"}
         stop = None
         if val_data is not None:
-            val = evaluate(net, loss, state.params, xv, yv)
+            val = evaluate(net, loss, state, xv, yv)
             history["val_loss"].append(val["loss"])
             history["val_accuracy"].append(val.get("accuracy", math.nan))
             postfix["val"] = f"{val['loss']:.4g}"
             if val["loss"] < best["val_loss"]:
                 best = {"val_loss": val["loss"], "bad_epochs": 0,
-                        "params": jax.tree_util.tree_map(jnp.copy, state.params)}
+                        "params": jax.tree_util.tree_map(jnp.copy, (state.params,
+                                                                    state.net_state))}
             else:
                 best["bad_epochs"] += 1
             if patience is not None and best["bad_epochs"] >= patience:
@@ -419,7 +448,8 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
             break
     bar.close()
     if patience is not None and best["params"] is not None:
-        state = state._replace(params=best["params"])
+        params, net_state = best["params"]
+        state = state._replace(params=params, net_state=net_state)
     return state, history
 
 
@@ -443,7 +473,7 @@ def _resume(path: Path, state: TrainState, config):
                          "checkpoint_dir (nothing was overwritten)")
     template = {"state": _saveable(state)}
     if has_best:
-        template["best_params"] = state.params
+        template["best_params"] = (state.params, state.net_state)
     tree, meta = checkpoint.load(path, template)
     saved = _restore_key(TrainState(*tree["state"]), state)
     best = {"val_loss": meta["best_val_loss"], "bad_epochs": meta["bad_epochs"],

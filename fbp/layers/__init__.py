@@ -21,10 +21,12 @@ from fbp.layers.embedding import embedding, positional_embedding
 from fbp.layers.normalization import layer_norm
 from fbp.layers.pooling import avg_pool, global_avg_pool, max_pool
 from fbp.layers.reshape import dropout, flatten
+from fbp.layers.wrap import from_function, remat
 
 __all__ = [
     "dense", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "elu", "softplus", "silu",
     "softmax", "log_softmax", "flatten", "dropout", "serial", "residual", "parallel",
     "conv2d", "max_pool", "avg_pool", "global_avg_pool", "layer_norm", "embedding",
     "positional_embedding", "multi_head_attention", "transformer_block", "batch_norm",
+    "from_function", "remat",
 ]

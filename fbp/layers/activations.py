@@ -10,7 +10,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import erf
+from jax.scipy.special import erfc
 
 from fbp._layer import Layer, check_input, check_no_params, check_shape
 
@@ -100,17 +100,24 @@ def gelu(approximate: bool = False) -> Layer:
 
     Backward: dz = g ⊙ (Φ(z) + z φ(z)), φ(z) = e^{−z²/2} / √(2π).
 
+    Φ(z) = ½ erfc(−z/√2): for z ≪ 0 this is a small number computed as one, where
+    ½(1 + erf(z/√2)) would subtract two numbers close to 1 (all digits lost by z ≈ −6 in
+    float32).
+
     approximate=True uses Φ(z) ≈ ½(1 + tanh u), u = √(2/π)(z + 0.044715 z³):
         y = ½ z (1 + tanh u),
         dz = g ⊙ [½(1 + tanh u) + ½ z (1 − tanh² u) √(2/π)(1 + 3·0.044715 z²)].
     """
     c = 0.044715
 
+    def cdf(z):
+        return 0.5 * erfc(-z * _INV_SQRT_2)
+
     def fwd(z):
         if approximate:
             y = 0.5 * z * (1 + jnp.tanh(_SQRT_2_OVER_PI * (z + c * z**3)))
         else:
-            y = z * 0.5 * (1 + erf(z * _INV_SQRT_2))
+            y = z * cdf(z)
         return y, z
 
     def bwd(z, g):
@@ -118,9 +125,8 @@ def gelu(approximate: bool = False) -> Layer:
             t = jnp.tanh(_SQRT_2_OVER_PI * (z + c * z**3))
             du = _SQRT_2_OVER_PI * (1 + 3 * c * z * z)
             return g * (0.5 * (1 + t) + 0.5 * z * (1 - t * t) * du)
-        cdf = 0.5 * (1 + erf(z * _INV_SQRT_2))
         pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
-        return g * (cdf + z * pdf)
+        return g * (cdf(z) + z * pdf)
 
     return _activation(f"gelu(approximate={approximate})", fwd, bwd)
 

@@ -8,7 +8,15 @@ import math
 import jax
 import jax.numpy as jnp
 
-from fbp._layer import Layer, check_input, check_param_shapes, check_shape, default_float_dtype
+from fbp._layer import (
+    Layer,
+    check_input,
+    check_param_shapes,
+    check_shape,
+    child_bwd,
+    child_fwd,
+    default_float_dtype,
+)
 from fbp.layers.activations import gelu
 from fbp.layers.combinators import residual, serial
 from fbp.layers.dense import dense
@@ -176,18 +184,17 @@ def transformer_block(num_heads: int, mlp_ratio: int = 4, causal: bool = False,
         _check_heads(name, input_shape[-1], num_heads)
         return block(input_shape[-1]).init(key, input_shape)
 
-    # fwd :: (P, X) -> (Y, res = (d, the composition's res))
+    # fwd :: (P, X) -> (Y, res = the composition's res)
     def fwd(params, x, *, key=None, train=False):
         check_input(name, x)
         _check_bsd(name, x.shape)
-        d = x.shape[-1]
-        y, res = block(d).fwd(params, x, key=key, train=train)
-        return y, (d, res)
+        y, res, _ = child_fwd("transformer_block", 0, block(x.shape[-1]), params, x, key=key,
+                              train=train, state=None)
+        return y, res
 
-    # bwd :: (P, res, CT Y) -> (CT P, CT X)
+    # bwd :: (P, res, CT Y) -> (CT P, CT X); d is g's last axis
     def bwd(params, res, g):
-        d, block_res = res
-        return block(d).bwd(params, block_res, g)
+        return child_bwd("transformer_block", 0, block(g.shape[-1]), params, res, g)
 
     return Layer(name, init, fwd, bwd)
 

@@ -3,6 +3,9 @@
     serial(f1, ..., fn)      y = fn(...f2(f1(x)))        backward: the chain rule, fn.bwd first
     residual(f)              y = x + f(x)                 backward: dx = g + f.bwd(g)
     parallel(f1, ..., fn)    y = merge(f1(x), ..., fn(x)) backward: dx = Σ_k fk.bwd(g_k)
+
+A combinator is stateful when one of its children is; its state is then a tuple with one
+entry per child ({} for a stateless child), like its params.
 """
 
 from __future__ import annotations
@@ -10,7 +13,19 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from fbp._layer import Layer, check_input, check_shape, no_stats, split_key
+from fbp._layer import (
+    Layer,
+    check_input,
+    check_shape,
+    child_bwd,
+    child_fwd,
+    children_state,
+    combinator,
+    init_with_state,
+    residual_shape,
+    shape_residual,
+    split_key,
+)
 
 
 def _check_children(name: str, params, n: int) -> None:
@@ -31,18 +46,6 @@ def _check_layers(name: str, layers) -> tuple[Layer, ...]:
     return tuple(layers)
 
 
-def _children_update_stats(layers, children_res):
-    """update_stats for a combinator whose params and residuals are one entry per child."""
-    if all(layer.update_stats is None for layer in layers):
-        return None
-
-    def update_stats(params, res):
-        return tuple(no_stats(p) if layer.update_stats is None else layer.update_stats(p, r)
-                     for layer, p, r in zip(layers, params, children_res(res)))
-
-    return update_stats
-
-
 def serial(*layers: Layer) -> Layer:
     """Composition y = fn(...f2(f1(x))); params are a tuple, one entry per layer.
 
@@ -55,54 +58,65 @@ def serial(*layers: Layer) -> Layer:
 
     def init(key, input_shape):
         shape = check_shape(name, input_shape)
-        params = []
+        params, states = [], []
         for layer, k in zip(layers, split_key(key, len(layers))):
-            shape, p = layer.init(k, shape)
+            shape, p, s = init_with_state(layer, k, shape)
             params.append(p)
-        return shape, tuple(params)
+            states.append(s)
+        return shape, tuple(params), tuple(states)
 
-    def fwd(params, x, *, key=None, train=False):
+    # fwd :: (P, X, S) -> (Y, res = one res per layer, S')
+    def fwd(params, x, *, key=None, train=False, state=None):
         _check_children(name, params, len(layers))
-        res = []
-        for layer, p, k in zip(layers, params, split_key(key, len(layers))):
-            x, r = layer.fwd(p, x, key=k, train=train)
+        states = children_state(name, state, len(layers))
+        res, new_states = [], []
+        for i, (layer, p, k, s) in enumerate(zip(layers, params, split_key(key, len(layers)),
+                                                 states)):
+            x, r, s = child_fwd("serial", i, layer, p, x, key=k, train=train, state=s)
             res.append(r)
-        return x, tuple(res)
+            new_states.append(s)
+        return x, tuple(res), tuple(new_states)
 
+    # bwd :: (P, res, CT Y) -> (CT P, CT X): the last layer first
     def bwd(params, res, g):
         grads = [None] * len(layers)
         for i in reversed(range(len(layers))):
-            grads[i], g = layers[i].bwd(params[i], res[i], g)
+            grads[i], g = child_bwd("serial", i, layers[i], params[i], res[i], g)
         return tuple(grads), g
 
-    return Layer(name, init, fwd, bwd, _children_update_stats(layers, lambda res: res))
+    return combinator(name, init, fwd, bwd, layers)
 
 
 def residual(layer: Layer) -> Layer:
-    """y = x + f(x), for an f that keeps the shape.   Backward: dx = g + ∂x of f at g."""
+    """y = x + f(x), for an f that keeps the shape.   Backward: dx = g + ∂x of f at g.
+
+    params (and state) are f's own."""
     (layer,) = _check_layers("residual", (layer,))
     name = f"residual({layer.name})"
 
     def init(key, input_shape):
         input_shape = check_shape(name, input_shape)
-        out_shape, params = layer.init(key, input_shape)
+        out_shape, params, state = init_with_state(layer, key, input_shape)
         if tuple(out_shape) != input_shape:
             raise ValueError(f"{name}: the inner layer must keep the shape for x + f(x); "
                              f"it maps {input_shape} to {tuple(out_shape)}")
-        return input_shape, params
+        return input_shape, params, state
 
-    def fwd(params, x, *, key=None, train=False):
-        fx, res = layer.fwd(params, x, key=key, train=train)
+    # fwd :: (P, X, S) -> (Y, res = f's res, S')
+    def fwd(params, x, *, key=None, train=False, state=None):
+        fx, res, state = child_fwd("residual", 0, layer, params, x, key=key, train=train,
+                                   state=state)
         if fx.shape != x.shape:
             raise ValueError(f"{name}: the inner layer must keep the shape for x + f(x); "
                              f"it maps {tuple(x.shape)} to {tuple(fx.shape)}")
-        return x + fx, res
+        return x + fx, res, state
 
+    # bwd :: (P, res, CT Y) -> (CT P, CT X)
     def bwd(params, res, g):
-        grads, dx_f = layer.bwd(params, res, g)
+        grads, dx_f = child_bwd("residual", 0, layer, params, res, g)
         return grads, g + dx_f
 
-    return Layer(name, init, fwd, bwd, layer.update_stats)
+    return combinator(name, init, fwd, bwd, (layer,))
 
 
 def parallel(*layers: Layer, merge: str = "concat") -> Layer:
@@ -131,39 +145,45 @@ def parallel(*layers: Layer, merge: str = "concat") -> Layer:
 
     def init(key, input_shape):
         input_shape = check_shape(name, input_shape)
-        shapes, params = [], []
+        shapes, params, states = [], [], []
         for layer, k in zip(layers, split_key(key, len(layers))):
-            s, p = layer.init(k, input_shape)
+            s, p, st = init_with_state(layer, k, input_shape)
             shapes.append(s)
             params.append(p)
-        return merged_shape(shapes), tuple(params)
+            states.append(st)
+        return merged_shape(shapes), tuple(params), tuple(states)
 
-    def fwd(params, x, *, key=None, train=False):
+    # fwd :: (P, X, S) -> (Y, res = {"branches": one res per branch,
+    #                                 "widths": their output widths (concat)}, S')
+    def fwd(params, x, *, key=None, train=False, state=None):
         _check_children(name, params, len(layers))
         check_input(name, x, floating=False)
-        ys, res = [], []
-        for layer, p, k in zip(layers, params, split_key(key, len(layers))):
-            y, r = layer.fwd(p, x, key=k, train=train)
+        states = children_state(name, state, len(layers))
+        ys, res, new_states = [], [], []
+        for i, (layer, p, k, s) in enumerate(zip(layers, params, split_key(key, len(layers)),
+                                                 states)):
+            y, r, s = child_fwd("parallel", i, layer, p, x, key=k, train=train, state=s)
             ys.append(y)
             res.append(r)
+            new_states.append(s)
         merged_shape([y.shape for y in ys])
         if merge == "sum":
-            return sum(ys[1:], ys[0]), tuple(res)
-        widths = tuple(y.shape[-1] for y in ys)
-        return jnp.concatenate(ys, axis=-1), (tuple(res), widths)
+            return sum(ys[1:], ys[0]), {"branches": tuple(res)}, tuple(new_states)
+        widths = shape_residual([y.shape[-1] for y in ys])  # split sizes, kept as a shape
+        return (jnp.concatenate(ys, axis=-1), {"branches": tuple(res), "widths": widths},
+                tuple(new_states))
 
+    # bwd :: (P, res, CT Y) -> (CT P, CT X)
     def bwd(params, res, g):
         if merge == "sum":
-            branch_res, gs = res, [g] * len(layers)
+            gs = [g] * len(layers)
         else:
-            branch_res, widths = res
-            gs = jnp.split(g, np.cumsum(widths)[:-1].tolist(), axis=-1)
+            gs = jnp.split(g, np.cumsum(residual_shape(res["widths"]))[:-1].tolist(), axis=-1)
         grads, dx = [], None
-        for layer, p, r, g_k in zip(layers, params, branch_res, gs):
-            grad_k, dx_k = layer.bwd(p, r, g_k)
+        for i, (layer, p, r, g_k) in enumerate(zip(layers, params, res["branches"], gs)):
+            grad_k, dx_k = child_bwd("parallel", i, layer, p, r, g_k)
             grads.append(grad_k)
             dx = dx_k if dx is None else dx + dx_k
         return tuple(grads), dx
 
-    branch_res = (lambda res: res) if merge == "sum" else (lambda res: res[0])
-    return Layer(name, init, fwd, bwd, _children_update_stats(layers, branch_res))
+    return combinator(name, init, fwd, bwd, layers)

@@ -134,7 +134,10 @@ def conv2d(features: int, kernel_size, *, strides=1, padding="SAME", dilation=1,
             shapes["b"] = (features,)
         return shapes
 
-    # fwd :: (P, X) -> (Y, res = (x, explicit pads))
+    def explicit_pads(in_hw):
+        return window_pads(name, padding, in_hw, eff_kernel, strides, what=kernel_what)
+
+    # fwd :: (P, X) -> (Y, res = x)
     def fwd(params, x, *, key=None, train=False):
         del key, train
         w = params.get("w") if isinstance(params, dict) else None
@@ -143,16 +146,16 @@ def conv2d(features: int, kernel_size, *, strides=1, padding="SAME", dilation=1,
         c_in = w.shape[2] if w is not None and w.ndim == 4 else x.shape[-1]
         check_param_shapes(name, params, expected_shapes(c_in))
         check_input(name, x, last_dim=c_in)
-        pads = window_pads(name, padding, x.shape[1:3], eff_kernel, strides, what=kernel_what)
+        pads = explicit_pads(x.shape[1:3])
         y = lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation,
                                      dimension_numbers=_DIMS)
         if use_bias:
             y = y + params["b"][None, None, None, :]
-        return y, (x, pads)
+        return y, x
 
     # bwd :: (P, res, CT Y) -> (CT P, CT X)
-    def bwd(params, res, g):
-        x, pads = res
+    def bwd(params, x, g):
+        pads = explicit_pads(x.shape[1:3])
         w = params["w"]
         in_hw, out_hw = x.shape[1:3], g.shape[1:3]
         # r: padded positions past the last window (n + lo + hi − k_eff) mod s, per axis.

@@ -76,14 +76,14 @@ def positional_embedding(max_len: int, *,
         return input_shape, {"table": table_init(key, (max_len, input_shape[2]),
                                                  default_float_dtype())}
 
-    # fwd :: (P, X) -> (Y, res = None)
+    # fwd :: (P, X) -> (Y, res = nothing: T is g's sequence length)
     def fwd(params, x, *, key=None, train=False):
         del key, train
         check_input(name, x)
         check_length(x.shape)
         check_param_shapes(name, params, {"table": (max_len, x.shape[2])})
         check_input(name, x, dtype=params["table"].dtype)
-        return x + params["table"][None, :x.shape[1], :], None
+        return x + params["table"][None, :x.shape[1], :], ()
 
     # bwd :: (P, res, CT Y) -> (CT P, CT X)
     def bwd(params, res, g):

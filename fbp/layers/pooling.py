@@ -14,7 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fbp._layer import Layer, check_input, check_no_params, check_shape
+from fbp._layer import (
+    Layer,
+    check_input,
+    check_no_params,
+    check_shape,
+    residual_shape,
+    shape_residual,
+)
 from fbp.layers.conv import _check_nhwc, _padding_arg, _pair, window_out_hw, window_pads
 
 
@@ -27,7 +34,9 @@ def _offset_slices(window, strides, out_hw):
 
 
 def _pool_layer(kind: str, window, strides, padding, fwd, bwd) -> Layer:
-    """A parameter-free NHWC pooling layer from fwd :: (x, pads) -> (y, res), bwd :: (res, g) -> dx."""
+    """A parameter-free NHWC pooling layer from fwd :: (x, pads) -> (y, res) and
+    bwd :: (res, g, pads_for) -> dx, where pads_for(x's height and width) gives the explicit
+    padding again (the residual keeps x, or its shape)."""
     name = f"{kind}({window})"
     window = _pair(name, "window", window)
     strides = window if strides is None else _pair(name, "strides", strides)
@@ -46,17 +55,19 @@ def _pool_layer(kind: str, window, strides, padding, fwd, bwd) -> Layer:
         pads = window_pads(name, padding, (h, w), window, strides)
         return (n, *window_out_hw((h, w), window, strides, pads), c), {}
 
+    def pads_for(in_hw):
+        return window_pads(name, padding, in_hw, window, strides)
+
     def layer_fwd(params, x, *, key=None, train=False):
         del key, train
         check_no_params(name, params)
         check_input(name, x)
         _check_nhwc(name, x.shape)
-        pads = window_pads(name, padding, x.shape[1:3], window, strides)
-        return fwd(x, pads, *geometry)
+        return fwd(x, pads_for(x.shape[1:3]), *geometry)
 
     def layer_bwd(params, res, g):
         del params
-        return {}, bwd(res, g, *geometry)
+        return {}, bwd(res, g, pads_for, *geometry)
 
     return Layer(name, init, layer_fwd, layer_bwd)
 
@@ -80,16 +91,16 @@ def max_pool(window, *, strides=None, padding="VALID") -> Layer:
         ∂x̃[n, p·s_h + i, q·s_w + j, c] += g[n, p, q, c] · [(i, j) = argmax of window (p, q)]
     then ∂x = ∂x̃ without the padding. (With ties in a window only one element gets g.)
     """
-    # fwd :: X -> (Y, res = (x, pads))
+    # fwd :: X -> (Y, res = x)
     def fwd(x, pads, window, strides):
         neg_inf = np.array(-np.inf, x.dtype)  # concrete, so XLA sees a max-pool it can differentiate
         y = lax.reduce_window(x, neg_inf, lax.max, (1, *window, 1), (1, *strides, 1),
                               ((0, 0), *pads, (0, 0)))
-        return y, (x, pads)
+        return y, x
 
     # bwd :: (res, CT Y) -> CT X
-    def bwd(res, g, window, strides):
-        x, pads = res
+    def bwd(x, g, pads_for, window, strides):
+        pads = pads_for(x.shape[1:3])
         xp = _pad_nhwc(x, pads, -jnp.inf)
         offsets = _offset_slices(window, strides, g.shape[1:3])
         patches = jnp.stack([xp[sl] for sl in offsets])      # (k_h·k_w, N, P, Q, C)
@@ -117,15 +128,20 @@ def avg_pool(window, *, strides=None, padding="VALID") -> Layer:
         return lax.reduce_window(a, np.array(0, a.dtype), lax.add, (1, *window, 1),
                                  (1, *strides, 1), ((0, 0), *pads, (0, 0)))
 
-    # fwd :: X -> (Y, res = (|w|, x shape, pads))
+    def window_count(in_hw, pads, window, strides, dtype):
+        """|w_pq|: how many input (not padding) elements each window holds."""
+        return window_sum(jnp.ones((1, *in_hw, 1), dtype), pads, window, strides)
+
+    # fwd :: X -> (Y, res = x's shape past the batch)
     def fwd(x, pads, window, strides):
-        count = window_sum(jnp.ones((1, *x.shape[1:3], 1), x.dtype), pads, window, strides)
-        return window_sum(x, pads, window, strides) / count, (count, x.shape, pads)
+        count = window_count(x.shape[1:3], pads, window, strides, x.dtype)
+        return window_sum(x, pads, window, strides) / count, shape_residual(x.shape[1:])
 
     # bwd :: (res, CT Y) -> CT X
-    def bwd(res, g, window, strides):
-        count, x_shape, pads = res
-        g_share = g / count
+    def bwd(res, g, pads_for, window, strides):
+        x_shape = g.shape[:1] + residual_shape(res)
+        pads = pads_for(x_shape[1:3])
+        g_share = g / window_count(x_shape[1:3], pads, window, strides, g.dtype)
         dxp = jnp.zeros((x_shape[0], x_shape[1] + sum(pads[0]), x_shape[2] + sum(pads[1]),
                          x_shape[3]), g.dtype)
         for sl in _offset_slices(window, strides, g.shape[1:3]):
@@ -148,18 +164,19 @@ def global_avg_pool() -> Layer:
         _check_nhwc(name, input_shape)
         return (input_shape[0], input_shape[3]), {}
 
-    # fwd :: (P = {}, X) -> (Y, res = x shape)
+    # fwd :: (P = {}, X) -> (Y, res = x's height and width)
     def fwd(params, x, *, key=None, train=False):
         del key, train
         check_no_params(name, params)
         check_input(name, x)
         _check_nhwc(name, x.shape)
-        return jnp.mean(x, axis=(1, 2)), x.shape
+        return jnp.mean(x, axis=(1, 2)), shape_residual(x.shape[1:3])
 
     # bwd :: (P, res, CT Y) -> (CT P = {}, CT X)
-    def bwd(params, x_shape, g):
+    def bwd(params, hw, g):
         del params
-        n, h, w, c = x_shape
+        (n, c), (h, w) = g.shape, residual_shape(hw)
+        x_shape = (n, h, w, c)
         return {}, jnp.broadcast_to(g[:, None, None, :] / (h * w), x_shape)
 
     return Layer(name, init, fwd, bwd)

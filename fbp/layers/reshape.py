@@ -6,8 +6,17 @@ import math
 import numbers
 
 import jax
+import jax.numpy as jnp
 
-from fbp._layer import Layer, check_input, check_no_params, check_shape
+from fbp._layer import (
+    Layer,
+    at_least_float32,
+    check_input,
+    check_no_params,
+    check_shape,
+    residual_shape,
+    shape_residual,
+)
 
 
 def flatten() -> Layer:
@@ -23,11 +32,12 @@ def flatten() -> Layer:
         del key, train
         check_no_params(name, params)
         check_input(name, x, min_rank=2)
-        return x.reshape(x.shape[0], -1), x.shape
+        return x.reshape(x.shape[0], -1), shape_residual(x.shape[1:])
 
+    # bwd :: (P, res = x's shape past the batch, CT Y) -> (CT P, CT X)
     def bwd(params, x_shape, g):
         del params
-        return {}, g.reshape(x_shape)
+        return {}, g.reshape(g.shape[:1] + residual_shape(x_shape))
 
     return Layer(name, init, fwd, bwd)
 
@@ -50,20 +60,26 @@ def dropout(rate: float) -> Layer:
         del key
         return check_shape(name, input_shape), {}
 
+    def scaled(a, keep):
+        """a ⊙ m / (1 − p), the scaling done in float32 (1/(1 − p) rounds in bfloat16)."""
+        wide = at_least_float32(a.dtype)
+        return jnp.where(keep, a.astype(wide) * (1 / (1 - rate)), 0).astype(a.dtype)
+
+    # fwd :: (P, X) -> (Y, res = the boolean mask m, or nothing outside training)
     def fwd(params, x, *, key=None, train=False):
         check_no_params(name, params)
         check_input(name, x)
         if not train or rate == 0:
-            return x, None
+            return x, ()
         if key is None:
             raise ValueError(f"{name}: train=True needs a PRNG key, e.g. "
                              "apply(params, x, key=jax.random.key(0), train=True)")
         keep = jax.random.bernoulli(key, 1 - rate, x.shape)
-        scaled_mask = keep.astype(x.dtype) / (1 - rate)
-        return x * scaled_mask, scaled_mask
+        return scaled(x, keep), keep
 
-    def bwd(params, scaled_mask, g):
+    # bwd :: (P, res, CT Y) -> (CT P, CT X)
+    def bwd(params, keep, g):
         del params
-        return {}, g if scaled_mask is None else g * scaled_mask
+        return {}, g if isinstance(keep, tuple) else scaled(g, keep)
 
     return Layer(name, init, fwd, bwd)

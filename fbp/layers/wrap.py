@@ -1,0 +1,119 @@
+"""Layers made from other things: a plain JAX function (`from_function`), and a layer that
+keeps only its input and recomputes the rest in its backward (`remat`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+from jax import lax
+
+from fbp._layer import (
+    Layer,
+    check_shape,
+    child_bwd,
+    child_fwd,
+    combinator,
+    default_float_dtype,
+    init_with_state,
+)
+
+
+def from_function(fn: Callable, *, init: Callable | None = None, name: str | None = None) -> Layer:
+    """A layer from a plain JAX function; its backward is `jax.vjp` of `fn`, not by hand.
+
+    Without `init`: y = fn(x), no parameters ({}); `init` finds the output shape by tracing
+    fn on a zero-cost abstract input. With `init(key, input_shape) -> (output_shape,
+    params)`: y = fn(params, x).
+
+    It lets a net train before every backward is written out: write the forward as a plain
+    function, check the net, then replace one `from_function` at a time by a layer with a
+    hand-written bwd (and `fbp.check_layer` it). Reports mark such layers as autodiff.
+
+    Residual: x (params come back to bwd anyway); bwd runs fn forward again inside
+    `jax.vjp`, which XLA merges with the first forward when both sit in one jitted step.
+    """
+    if not callable(fn):
+        raise TypeError(f"from_function: expected a function, got {type(fn).__name__}")
+    if init is not None and not callable(init):
+        raise TypeError(f"from_function: init must be a function (key, input_shape) -> "
+                        f"(output_shape, params), got {type(init).__name__}")
+    name = name or f"from_function({getattr(fn, '__name__', type(fn).__name__)})"
+    call = (lambda params, x: fn(x)) if init is None else fn
+
+    def init_layer(key, input_shape):
+        if init is not None:
+            out_shape, params = init(key, input_shape)
+            return tuple(out_shape), params
+        input_shape = check_shape(name, input_shape)
+        x = jax.ShapeDtypeStruct(input_shape, default_float_dtype())
+        return tuple(jax.eval_shape(fn, x).shape), {}
+
+    # fwd :: (P, X) -> (Y, res = x)
+    def fwd(params, x, *, key=None, train=False):
+        del key, train
+        return call(params, x), x
+
+    # bwd :: (P, res, CT Y) -> (CT P, CT X) = jax.vjp of fn at (params, x)
+    def bwd(params, x, g):
+        _, vjp = jax.vjp(call, params, x)
+        return vjp(g)
+
+    return Layer(name, init_layer, fwd, bwd, autodiff=True)
+
+
+class TrainInput(NamedTuple):
+    """remat's residual after a training pass: what its fwd was called with."""
+
+    x: Any
+    key: Any
+    state: Any
+
+
+class EvalInput(NamedTuple):
+    """remat's residual after an evaluation pass."""
+
+    x: Any
+    key: Any
+    state: Any
+
+
+def remat(layer: Layer) -> Layer:
+    """`layer` with the same forward and gradients, keeping only its input as residual.
+
+    fwd runs layer.fwd and drops its residuals, keeping x (and the key and state it was
+    called with); bwd runs layer.fwd again on them, then layer.bwd:
+
+        fwd:  y, _ = f.fwd(θ, x);        res = x
+        bwd:  _, r = f.fwd(θ, x);        (∂θ, ∂x) = f.bwd(θ, r, g)
+
+    Memory for compute: a block's intermediates live only during its own backward instead
+    of from the forward to the backward. The recomputation sits behind an optimization
+    barrier so that XLA cannot merge it back into the first forward. Params and state are
+    `layer`'s own.
+    """
+    if not isinstance(layer, Layer):
+        raise TypeError(f"remat: expected a fbp.Layer, got {type(layer).__name__}")
+    name = f"remat({layer.name})"
+
+    def init(key, input_shape):
+        return init_with_state(layer, key, input_shape)
+
+    # fwd :: (P, X, S) -> (Y, res = (x, key, state), S')
+    def fwd(params, x, *, key=None, train=False, state=None):
+        y, _, new_state = child_fwd("remat", 0, layer, params, x, key=key, train=train,
+                                    state=state)
+        return y, (TrainInput if train else EvalInput)(x, key, state), new_state
+
+    # bwd :: (P, res, CT Y) -> (CT P, CT X): recompute the residuals, then the layer's bwd
+    def bwd(params, res, g):
+        params, x, g = lax.optimization_barrier((params, res.x, g))
+        _, inner_res, _ = child_fwd("remat", 0, layer, params, x, key=res.key,
+                                    train=isinstance(res, TrainInput), state=res.state)
+        return child_bwd("remat", 0, layer, params, inner_res, g)
+
+    return combinator(name, init, fwd, bwd, (layer,))
+
+
+__all__ = ["from_function", "remat"]
