@@ -93,7 +93,7 @@ def _initial_state(net, optimizer, input_shape, dtype, device):
     initializers, seconds on a small CPU, for numbers the timing does not depend on.)"""
     from fbp.train import TrainState
 
-    shapes = jax.eval_shape(lambda key: net.init(key, input_shape)[1], jax.random.key(SEED))
+    shapes = jax.eval_shape(lambda key: net.init(key, input_shape)[1:], jax.random.key(SEED))
     rng = np.random.default_rng(SEED)
 
     def leaf(path, s):
@@ -104,9 +104,10 @@ def _initial_state(net, optimizer, input_shape, dtype, device):
         ones = "scale" in jax.tree_util.keystr(path) or "var" in jax.tree_util.keystr(path)
         return _put(np.ones(s.shape) if ones else np.zeros(s.shape), dtype, device)
 
-    params = jax.tree_util.tree_map_with_path(leaf, shapes)
+    params = jax.tree_util.tree_map_with_path(leaf, shapes[0])
+    net_state = jax.tree_util.tree_map_with_path(leaf, shapes[1]) if net.stateful else {}
     with jax.default_device(device):
-        state = TrainState(params, optimizer.init(params), np.zeros((), np.int32),
+        state = TrainState(params, net_state, optimizer.init(params), np.zeros((), np.int32),
                            jax.random.key(SEED))
     # every leaf committed to the device, like the step's outputs: a mix of committed and
     # uncommitted inputs would make the second call compile again

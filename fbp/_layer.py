@@ -198,7 +198,8 @@ def default_float_dtype() -> jnp.dtype:
 
 def at_least_float32(dtype) -> jnp.dtype:
     """The dtype statistics and scales are computed in: float32, or the input's if wider."""
-    return jnp.promote_types(dtype, jnp.float32)
+    dtype = jnp.dtype(dtype)
+    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
 def check_shape(name: str, shape: Sequence[int], *, min_rank: int = 1) -> Shape:
     """Validate an `input_shape` given to `init`."""
     try:

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fbp._layer import init_with_state
+
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -65,15 +67,21 @@ def normal(rng, shape, dtype):
 
 
 def init_shapes(layer, in_shape):
-    """(output shape, params as ShapeDtypeStructs): init traced, not run (tests randomize params)."""
+    """(output shape, params as ShapeDtypeStructs): init traced, not run (tests randomize
+    params). A stateful layer's state is left out (see `init_state_of`)."""
     out = {}
 
     def init(key):
-        out["shape"], params = layer.init(key, in_shape)
+        out["shape"], params, _ = init_with_state(layer, key, in_shape)
         return params
 
     params = jax.eval_shape(init, jax.random.key(0))
     return tuple(out["shape"]), params
+
+
+def init_state_of(layer, in_shape):
+    """The state `init` gives (running mean 0, variance 1 for batch_norm); {} if stateless."""
+    return jax.jit(lambda key: init_with_state(layer, key, in_shape)[2])(jax.random.key(0))
 
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"

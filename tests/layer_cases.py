@@ -6,6 +6,8 @@ so each seed gives other shapes and sizes. New layers join by adding an entry.
 
 import zlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fbp import layers as L
@@ -110,10 +112,34 @@ CASES.update({
     "batch_norm": lambda rng: (L.batch_norm(0.9), (int(rng.integers(3, 7)), int(rng.integers(1, 6))),
                                False),
     "batch_norm_nhwc": lambda rng: (L.batch_norm(0.5), (2, 3, 2, int(rng.integers(1, 4))), False),
-    # transformer_block is serial/residual of these (its bwd is their composition); its
-    # eager run here costs more than all the others together, so test_layers_more checks
-    # it, jitted, through fbp.value_and_grad.
+    "transformer_block": lambda rng: (L.transformer_block(2, mlp_ratio=2,
+                                                          causal=bool(rng.integers(2)),
+                                                          dropout=0.2), _seq(rng, 4), False),
+    "remat": lambda rng: (L.remat(L.serial(L.dense(5), L.gelu(), L.dropout(0.3), L.dense(3))),
+                          _batch_feat(rng), False),
+    # no bias before batch_norm: its true gradient is 0, and float32 noise over 0 is no test
+    "remat_batch_norm": lambda rng: (L.remat(L.serial(L.dense(4, use_bias=False),
+                                                      L.batch_norm(0.8))),
+                                     (int(rng.integers(3, 7)), 3), False),
+    "from_function": lambda rng: (L.from_function(lambda x: jnp.sin(x) * x), _batch_feat(rng),
+                                  False),
+    "from_function_params": lambda rng: (L.from_function(
+        lambda p, x: jnp.tanh(x @ p["w"]),
+        init=lambda key, s: (s[:-1] + (3,), {"w": jax.random.normal(key, (s[-1], 3))})),
+        _batch_feat(rng), False),
 })
+
+# Layers whose training pass differs from evaluation (dropout masks, batch statistics):
+# checked with train=True as well.
+TRAIN_DIFFERS = {"dropout", "nested", "batch_norm", "batch_norm_nhwc", "transformer_block",
+                 "remat", "remat_batch_norm"}
+
+
+def embedding_case(rng):
+    """(layer, integer ids) for the one built-in layer that reads integers, negative ids too."""
+    vocab = int(rng.integers(3, 9))
+    ids = rng.integers(-vocab, vocab, (int(rng.integers(1, 4)), int(rng.integers(1, 5))))
+    return L.embedding(vocab, int(rng.integers(1, 5))), ids
 
 
 def rng_for(name, seed):
