@@ -299,10 +299,11 @@ def check_grads(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool =
             if size == 0:
                 fd_errors.append((0.0, 0.0))
                 continue
-            abs_err = float(np.max(np.abs(flat_g[pick] - fd[done:done + len(pick)])))
+            fd_pick = fd[done:done + len(pick)]
+            abs_err = float(np.max(np.abs(flat_g[pick] - fd_pick)))
             done += len(pick)
             scale = max(float(np.max(np.abs(flat_g[start:start + size]))),
-                        SCALE_FLOOR * net_scale)
+                        float(np.max(np.abs(fd_pick))), SCALE_FLOOR * net_scale)
             fd_errors.append((abs_err, abs_err / scale if scale > 0 else abs_err))
 
     named_m = [(jax.tree_util.keystr(path), g) for path, g in

@@ -222,7 +222,7 @@ def _output_shape(net: Layer, input_shape) -> tuple[int, ...]:
     box = {}
 
     def init(key):
-        box["shape"], params = net.init(key, input_shape)
+        box["shape"], params, _ = init_with_state(net, key, input_shape)
         return params
 
     jax.eval_shape(init, jax.random.key(0))

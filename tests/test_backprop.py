@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import cast_tree, init_shapes, normal, randomize, rel_err
+from conftest import cast_tree, init_shapes, init_state_of, normal, randomize, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -284,9 +284,11 @@ def test_l2_penalty_value_and_gradient_match_autodiff(dtype):
     x = jnp.asarray(rng.standard_normal((5, 4)), dtype)
     y = jnp.asarray(rng.standard_normal((5, 3)), dtype)
     lam = 0.3
-    value, grads = fbp.value_and_grad(net, losses.mse, l2=lam)(params, x, y)
-    value_ref, grads_ref = fbp.autodiff_value_and_grad(net, losses.mse, l2=lam)(params, x, y)
-    plain, plain_grads = fbp.value_and_grad(net, losses.mse)(params, x, y)
+    state = cast_tree(init_state_of(net, (5, 4)), dtype)
+    value, grads, _ = fbp.value_and_grad(net, losses.mse, l2=lam)(params, x, y, state=state)
+    value_ref, grads_ref, _ = fbp.autodiff_value_and_grad(net, losses.mse, l2=lam)(
+        params, x, y, state=state)
+    plain, plain_grads, _ = fbp.value_and_grad(net, losses.mse)(params, x, y, state=state)
     tol = 1e-12 if dtype == jnp.float64 else 1e-5
     assert rel_err(grads, grads_ref) < tol
     weights = [params[0]["w"], params[3]["w"]]

@@ -35,7 +35,8 @@ def test_correct_net_passes():
     assert report.ok
     assert report.dtype == "float64" and report.autodiff_rtol == 1e-9
     assert [(leaf.path, leaf.shape) for leaf in report.leaves] == [
-        ("[0]['b']", (4,)), ("[0]['w']", (3, 4)), ("[2]['b']", (2,)), ("[2]['w']", (4, 2))]
+        ("[0]['b']", (4,)), ("[0]['w']", (3, 4)), ("[2]['b']", (2,)), ("[2]['w']", (4, 2)),
+        ("x", (5, 3))]
     for leaf in report.leaves:
         assert leaf.rel_err_autodiff <= 1e-12 and leaf.rel_err_fd <= report.fd_rtol
     expected_loss = float(np.mean((np.asarray(net.apply(params, x)) - np.asarray(y)) ** 2))
@@ -45,7 +46,7 @@ def test_correct_net_passes():
     lines = text.splitlines()
     assert lines[0].split() == ["check", "param", "shape", "|Δ|", "auto", "rel", "auto", "|Δ|",
                                 "fd", "rel", "fd", "ok"]
-    for leaf, line in zip(report.leaves, lines[1:5], strict=True):
+    for leaf, line in zip(report.leaves, lines[1:6], strict=True):
         assert line.startswith(report.name[:44]) and leaf.path in line and line.endswith("yes")
     assert lines[-1].endswith(": OK") and "MISMATCH" not in text
 
@@ -57,7 +58,7 @@ def test_wrong_bwd_is_caught():
     params, x, y = _problem(net, (5, 3), 2, seed=1)
     report = fbp.check_grads(net, losses.mse, params, x, y)
     assert not report.ok
-    assert len(report.leaves) == 4
+    assert len(report.leaves) == 5  # four parameter leaves and x
     for leaf in report.leaves:
         # caught by both references, with about the size of the error put in
         assert 0.005 < leaf.rel_err_autodiff < 0.02 and leaf.rel_err_autodiff > report.autodiff_rtol
@@ -65,7 +66,8 @@ def test_wrong_bwd_is_caught():
     # the loss itself comes from fwd, which is right
     np.testing.assert_allclose(report.loss_manual, report.loss_autodiff, rtol=1e-12)
     text = str(report)
-    assert text.count(" NO") == 4 and text.endswith("MISMATCH")
+    assert text.count(" NO") == 5 and text.endswith("MISMATCH")
+    assert report.faulty_layers == ["serial[2] dense(2) with a 1% error"]
 
 
 def _cli_cases(names, extra=()):
@@ -114,11 +116,11 @@ def test_a_leaf_with_an_exactly_zero_gradient_is_judged_against_the_net_scale():
     from fbp.check import check_grads, random_params
 
     net = L.serial(L.dense(5), L.batch_norm(), L.tanh(), L.dense(3))
-    _, params = net.init(jax.random.key(0), (6, 4))
+    _, params, state = net.init(jax.random.key(0), (6, 4))
     params = random_params(jax.random.key(1), params)
     x = jax.random.normal(jax.random.key(2), (6, 4))
     y = jax.random.normal(jax.random.key(3), (6, 3))
-    report = check_grads(net, fl.mse, params, x, y)
+    report = check_grads(net, fl.mse, params, x, y, state=state)
     assert report.ok, str(report)
     bias_row = next(r for r in report.leaves if r.path == "[0]['b']")
     assert bias_row.abs_err_autodiff < 1e-12  # the true gradient is 0 (up to rounding)
