@@ -1,6 +1,7 @@
 """batch_norm: running statistics as state apart from the params, in every path that moves
 them (value_and_grad, make_step, fit, checkpoints, bf16), and evaluation with them."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -201,3 +202,23 @@ def test_bad_batch_norm_configuration():
         L.batch_norm(1.5)
     with pytest.raises(ValueError, match="batch_norm.*rank >= 2"):
         L.batch_norm().init(jax.random.key(0), (4,))
+
+
+@pytest.mark.standard_dtype_promotion
+@pytest.mark.parametrize("precision", [None, "bf16"])
+def test_the_returned_state_feeds_back_without_a_retrace(precision):
+    """The new state has the structure and dtypes of the old one (float32 statistics under
+    bf16 too), so a jitted gradient function compiles once for a whole training loop."""
+    rng = np.random.default_rng(5)
+    x, y = _bn_inputs(rng, n=32, dtype=np.float32)
+    net = L.serial(L.dense(4), L.batch_norm(0.9), L.relu(), L.dense(2))
+    with jax.enable_x64(False):
+        _, params, state = net.init(jax.random.key(0), x.shape)
+    chex.clear_trace_counter()  # chex counts traces per function code, across tests
+    vg = jax.jit(chex.assert_max_traces(
+        fbp.value_and_grad(net, losses.mse, precision=precision), n=1))
+    for _ in range(3):
+        _, grads, new_state = vg(params, x, y, state=state)
+        chex.assert_trees_all_equal_dtypes(new_state, state)
+        chex.assert_trees_all_equal_shapes(grads, params)
+        state = new_state

@@ -38,6 +38,16 @@ FOUR_DEVICES = textwrap.dedent("""
                         for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)))
         out[grad + "_replicated"] = all(a.sharding.is_fully_replicated
                                         for a in jax.tree.leaves(four.params))
+    # batch_norm: statistics of the whole batch, across the devices, and the state replicated
+    bn_net = L.serial(L.dense(32), L.batch_norm(0.8), L.tanh(), L.dense(10))
+    one, _ = fit(bn_net, losses.softmax_cross_entropy, gd(0.1), (x, y), epochs=2, batch_size=32,
+                 progress=False)
+    four, _ = fit(bn_net, losses.softmax_cross_entropy, gd(0.1), (x, y), epochs=2,
+                  batch_size=32, devices=4, progress=False)
+    out["bn"] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                    for a, b in zip(jax.tree.leaves(one[:2]), jax.tree.leaves(four[:2])))
+    out["bn_state_replicated"] = all(a.sharding.is_fully_replicated
+                                     for a in jax.tree.leaves(four.net_state))
     mesh = data_mesh(4)
     optimizer = gd(0.1)
     state = replicate(mesh, init_state(net, optimizer, jax.random.key(0), (32, 64)))
@@ -66,6 +76,7 @@ def test_four_devices_equal_one():
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["manual"] < 1e-5 and out["auto"] < 1e-5, out
     assert out["manual_replicated"] and out["auto_replicated"]  # parameters replicated
+    assert out["bn"] < 1e-4 and out["bn_state_replicated"], out
     assert out["all_reduce"]  # gradients summed across devices by XLA
     assert "batch size 30 does not divide by the 4 devices" in out["step_error"]
     assert "batch size 30 does not divide by the 4 devices" in out["fit_error"]
