@@ -275,3 +275,25 @@ def test_remat_keeps_only_its_input():
     assert [a.shape for a in jax.tree.leaves(res)] == [(3, 7)]
     assert fbp.check_layer(r, (3, 7)).ok
     assert fbp.check_layer(L.remat(L.serial(L.dense(4), L.dropout(0.5))), (3, 4), train=True).ok
+
+
+def test_the_readme_write_your_own_layer_steps():
+    def scale(c, *, bwd_factor=1.0):
+        def init(key, input_shape):
+            return input_shape, {}
+
+        def fwd(params, x, *, key=None, train=False):
+            return c * x, ()
+
+        def bwd(params, res, g):
+            return {}, bwd_factor * c * g
+        return fbp.Layer(f"scale({c})", init, fwd, bwd)
+
+    report = fbp.check_layer(scale(3.0), (4, 5))
+    assert report.ok and [r.path for r in report.rows] == ["x"]
+    net = L.serial(L.dense(5), scale(3.0, bwd_factor=2.0), L.tanh(), L.dense(2))
+    params, x, y, _ = _problem(net, (4, 3))
+    report = fbp.check_grads(net, losses.mse, params, x, y)
+    assert report.faulty_layers == ["serial[1] scale(3.0)"]
+    assert "faulty layer: serial[1] scale(3.0)" in report.table()
+    assert fbp.check_layer(L.from_function(lambda x: 3.0 * x), (4, 5)).ok
