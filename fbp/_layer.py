@@ -240,16 +240,18 @@ def check_no_params(name: str, params: Params) -> None:
                          f"got {_describe(params)} (params from another network?)")
 
 
-def check_param_shapes(name: str, params: Params, expected: dict[str, Shape]) -> None:
-    """`params` must be a dict with exactly these keys and array shapes."""
+def check_param_shapes(name: str, params: Params, expected: dict[str, Shape], *,
+                       what: str = "params") -> None:
+    """`params` (or the state: what="state") must be a dict with exactly these keys and
+    array shapes."""
     if not isinstance(params, dict) or set(params) != set(expected):
-        raise ValueError(f"{name}: expected params with keys {sorted(expected)}, "
-                         f"got {_describe(params)} (params from another network?)")
+        raise ValueError(f"{name}: expected {what} with keys {sorted(expected)}, "
+                         f"got {_describe(params)} ({what} from another network?)")
     for k, shape in expected.items():
         got = tuple(getattr(params[k], "shape", ()))
         if got != tuple(shape):
-            raise ValueError(f"{name}: expected params[{k!r}] of shape {tuple(shape)}, "
-                             f"got {got} (params from another network?)")
+            raise ValueError(f"{name}: expected {what}[{k!r}] of shape {tuple(shape)}, "
+                             f"got {got} ({what} from another network?)")
 
 
 def _describe(params: Params) -> str:

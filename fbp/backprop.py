@@ -187,6 +187,10 @@ def custom_vjp(layer: Layer, *, train: bool = False) -> Callable[..., Array]:
     """
     if not isinstance(layer, Layer):
         raise TypeError(f"custom_vjp: expected a fbp.Layer, got {type(layer).__name__}")
+    if layer.stateful and train:
+        raise ValueError(f"custom_vjp: {layer.name} keeps running statistics, which a training "
+                         "pass moves and f would drop; use train=False here, or "
+                         "fbp.value_and_grad(..., state=state), which returns them")
 
     @jax.custom_vjp
     def f(params, x, key=None, state=None):

@@ -79,7 +79,7 @@ def batch_norm(momentum: float = 0.9, *, eps: float = 1e-5) -> Layer:
         scale = params.get("scale") if isinstance(params, dict) else None
         c = scale.shape[0] if scale is not None and scale.ndim == 1 else x.shape[-1]
         check_param_shapes(name, params, {"scale": (c,), "bias": (c,)})
-        check_param_shapes(f"{name} state", state, {"mean": (c,), "var": (c,)})
+        check_param_shapes(name, state, {"mean": (c,), "var": (c,)}, what="state")
         check_input(name, x, min_rank=2, last_dim=c, dtype=scale.dtype)
         batch_axes = tuple(range(x.ndim - 1))
         stat_dtype = at_least_float32(state["mean"].dtype)
