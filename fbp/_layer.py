@@ -120,9 +120,11 @@ def child_fwd(parent: str, i: int, layer: Layer, params: Params, x: Array, *,
     """A combinator's call of its i-th child's fwd: `fwd_with_state`, seen by an
     inspection (`check_grads`' faulty-layer search) at the path `parent[i]`."""
     with _tape.at(parent, i) as tape:
+        if tape is not None:  # recorded on entry: the tape lists calls parents first
+            tape.record_call(layer, params, x, key, train, state)
         out = fwd_with_state(layer, params, x, key=key, train=train, state=state)
         if tape is not None:
-            tape.record_fwd(layer, params, x, key, train, state, out)
+            tape.record_fwd(out)
     return out
 
 

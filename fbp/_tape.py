@@ -45,9 +45,12 @@ class Tape:
     def path(self) -> str:
         return "/".join(self._path)
 
-    def record_fwd(self, layer, params, x, key, train, state, out) -> None:
-        y, res, new_state = out
-        self.calls[self.path] = Call(layer, params, x, key, train, state, y, res, new_state)
+    def record_call(self, layer, params, x, key, train, state) -> None:
+        self.calls[self.path] = Call(layer, params, x, key, train, state)
+
+    def record_fwd(self, out) -> None:
+        call = self.calls[self.path]
+        call.y, call.res, call.new_state = out
 
     def record_bwd(self, g, out) -> None:
         call = self.calls.get(self.path)
@@ -57,6 +60,38 @@ class Tape:
 
 def active() -> Tape | None:
     return getattr(_local, "tape", None)
+
+
+def recorded_pass(net, loss, params, x, y, *, key, train, state) -> Tape:
+    """One manual backprop through `net` (forward, loss, backward), every layer call
+    recorded by its path ("" for the net itself), in the order the forward makes them."""
+    import jax.numpy as jnp
+
+    from fbp._layer import fwd_with_state  # the layer module imports this one
+
+    with recording() as tape:
+        root = tape.calls[""] = Call(net, params, x, key, train, state)
+        root.y, root.res, root.new_state = fwd_with_state(net, params, x, key=key, train=train,
+                                                          state=state)
+        value, loss_res = loss.fwd(root.y, y)
+        root.g = loss.bwd(loss_res, jnp.ones_like(value)).astype(root.y.dtype)  # ∂L/∂L = 1
+        root.grads, root.dx = net.bwd(params, root.res, root.g)
+    tape.loss = value
+    return tape
+
+
+def reference_vjp(call: Call):
+    """(∂θ, ∂x) of `jax.vjp` of the call's own forward, at its input, with its cotangent."""
+    import jax
+
+    from fbp._layer import fwd_with_state
+
+    def forward(p, x):
+        return fwd_with_state(call.layer, p, x, key=call.key, train=call.train,
+                              state=call.state)[0]
+
+    with paused():
+        return jax.vjp(forward, call.params, call.x)[1](call.g)
 
 
 @contextlib.contextmanager

@@ -166,24 +166,12 @@ def layer_errors(net: Layer, loss: Loss) -> Callable:
     input, params, key and state it received and the cotangent that reached it (makemore's
     `cmp` on every intermediate). Jit it; `layer_calls` gives the layers by path."""
     def f(params, x, y, key, train, state):
-        with _tape.recording() as tape:
-            out = fwd_with_state(net, params, x, key=key, train=train, state=state)
-            tape.calls[""] = _tape.Call(net, params, x, key, train, state, *out)
-            pred, res, _ = out
-            value, loss_res = loss.fwd(pred, y)
-            g = loss.bwd(loss_res, jnp.ones_like(value)).astype(pred.dtype)
-            tape.calls[""].g = g
-            tape.calls[""].grads, tape.calls[""].dx = net.bwd(params, res, g)
+        tape = _tape.recorded_pass(net, loss, params, x, y, key=key, train=train, state=state)
         errors = {}
         for path, call in tape.calls.items():
             if call.g is None:  # not reached by the backward
                 continue
-
-            def forward(p, x, call=call):
-                return fwd_with_state(call.layer, p, x, key=call.key, train=call.train,
-                                      state=call.state)[0]
-            _, vjp = jax.vjp(forward, call.params, call.x)
-            ref_grads, ref_dx = vjp(call.g)
+            ref_grads, ref_dx = _tape.reference_vjp(call)
             ref_p, got_p = jax.tree_util.tree_leaves(ref_grads), jax.tree_util.tree_leaves(call.grads)
             if len(ref_p) != len(got_p):
                 errors[path] = (jnp.array(jnp.inf), jnp.array(jnp.inf))
@@ -202,13 +190,12 @@ def layer_calls(net: Layer, loss: Loss, params, x, y, *, key=None, train=True,
     calls = {}
 
     def f(params, x, y):
-        with _tape.recording() as tape:
-            out = fwd_with_state(net, params, x, key=key, train=train, state=state)
-            calls.update({path: call.layer for path, call in tape.calls.items()})
-        return out[0]
+        tape = _tape.recorded_pass(net, loss, params, x, y, key=key, train=train, state=state)
+        calls.update({path: call.layer for path, call in tape.calls.items()})
+        return tape.loss
 
     jax.eval_shape(f, params, x, y)
-    return {"": net, **calls}
+    return calls
 
 
 @functools.lru_cache(maxsize=64)
