@@ -5,9 +5,9 @@ combinator carries its own hand-written backward pass, checked against `jax.grad
 """
 
 from fbp import layers, losses
+from fbp._explain import explain
 from fbp._layer import Layer
 from fbp.backprop import autodiff_value_and_grad, custom_vjp, l2_penalty, value_and_grad
-from fbp._explain import explain
 from fbp.check import GradReport, check_grads
 from fbp.layercheck import LayerReport, check_layer
 
