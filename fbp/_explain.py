@@ -76,6 +76,8 @@ class Row:
     leaves: tuple[LeafStats, ...]
     cmp_x: Compare | None     # None: integer input
     cmp_params: Compare | None  # None: no parameters
+    act_hist: dict | None = None   # {"counts": [...], "range": [lo, hi]} of the output
+    grad_hist: dict | None = None  # the same of g, the gradient arriving at the output
 
     @property
     def label(self) -> str:
@@ -154,6 +156,24 @@ def _cmp(c: Compare | None) -> str:
     return "" if c is None else str(c)
 
 
+HIST_BINS = 40
+
+
+def histogram(a, bins: int = HIST_BINS):
+    """(counts, lo, hi): a histogram of a's entries over `bins` equal bins from its min to
+    its max, inside jit (the range is data, not static)."""
+    a = a.reshape(-1).astype(jnp.float32 if a.dtype != jnp.float64 else jnp.float64)
+    lo, hi = jnp.min(a), jnp.max(a)
+    width = jnp.where(hi > lo, (hi - lo) / bins, 1)
+    idx = jnp.clip(jnp.floor((a - lo) / width).astype(jnp.int32), 0, bins - 1)
+    return jnp.zeros((bins,), jnp.int32).at[idx].add(1), lo, hi
+
+
+def hist_dict(counts, lo, hi) -> dict:
+    """A histogram as plain data: {"counts": [...], "range": [lo, hi]} (JSON-able)."""
+    return {"counts": [int(c) for c in np.asarray(counts)], "range": [float(lo), float(hi)]}
+
+
 def _norm(a) -> jax.Array:
     return jnp.sqrt(jnp.sum(jnp.square(a.astype(jnp.float32 if a.dtype != jnp.float64
                                                    else jnp.float64))))
@@ -187,9 +207,13 @@ def _inspect(net: Layer, loss: Loss):
                 "frac_saturated": (jnp.mean(jnp.abs(yf) > SATURATED) if call.layer.kind == "tanh"
                                    else jnp.mean((yf < 1 - SATURATED) | (yf > SATURATED))),
             }
+            if floating and y_out.size:
+                stats["act_hist"] = histogram(y_out)
             if call.g is None:  # not reached by the backward: nothing more to say
                 out[path] = stats
                 continue
+            if call.g.size:
+                stats["grad_hist"] = histogram(call.g)
             ref_grads, ref_dx = _tape.reference_vjp(call)
             x_float = jnp.issubdtype(jnp.asarray(call.x).dtype, jnp.floating)
             stats["g_norm"] = _norm(call.g)
@@ -273,8 +297,10 @@ def explain(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool = Tru
             leaves=tuple(LeafStats(n, sh, float(gn), float(pn)) for n, sh, gn, pn in zip(
                 names, shapes, s["grad_norms"], s["param_norms"])) if reached else (),
             cmp_x=compare(s.get("cmp_x")),
-            cmp_params=compare(s.get("cmp_params")) if reached and names else None))
+            cmp_params=compare(s.get("cmp_params")) if reached and names else None,
+            act_hist=hist_dict(*s["act_hist"]) if "act_hist" in s else None,
+            grad_hist=hist_dict(*s["grad_hist"]) if "grad_hist" in s else None))
     return Report(net.name, loss.name, float(value), dtype, train, tuple(rows))
 
 
-__all__ = ["explain", "Report", "Row", "LeafStats", "Compare"]
+__all__ = ["explain", "Report", "Row", "LeafStats", "Compare", "histogram"]
