@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from fbp import checkpoint
+from fbp import _diagnostics, _tape, checkpoint
 from fbp._layer import Layer, Params, State, fwd_with_state, init_with_state, stateful_layers
 from fbp.backprop import _check_net_and_loss, compute_dtype, training_pass
 from fbp.losses import Loss
@@ -60,26 +60,57 @@ def init_state(net: Layer, optimizer: optax.GradientTransformation, key: jax.Arr
 
 
 def _train_step(net: Layer, loss: Loss, optimizer, grad: str, precision: str | None = None,
-                mesh: Mesh | None = None, l2: float = 0.0, grad_norm: bool = False):
+                mesh: Mesh | None = None, l2: float = 0.0, grad_norm: bool = False,
+                diagnostics: tuple[_diagnostics.Spec, int] | None = None):
     """The un-jitted step; `grad` picks how ∂L/∂θ is computed and nothing else.
 
     With a `mesh`, the batch is split along its first axis over the mesh's data axis while
     parameters and optimizer state are replicated; the mean over the batch in the loss
     becomes, in XLA's SPMD partitioning, a sum across devices.
+
+    With `diagnostics` = (spec, k), every k-th step (by state.step) runs its pass recorded
+    layer by layer and returns, in metrics, the per-layer statistics and the weights'
+    update ratios (`fbp._diagnostics`); the other steps run the plain pass (`lax.cond`).
     """
     pass_ = training_pass(net, loss, grad=grad, precision=precision, l2=l2)
+    # the recorded manual pass is the manual pass itself when nothing is cast or added
+    reuse = grad == "manual" and compute_dtype(precision) is None and not l2
 
     def step(state: TrainState, x, y) -> tuple[TrainState, dict[str, jax.Array]]:
         if mesh is not None:
             x, y = shard_batch(mesh, x), shard_batch(mesh, y)
         key, dropout_key = jax.random.split(state.key)
-        value, grads, net_state = pass_(state.params, x, y, key=dropout_key, train=True,
-                                        state=state.net_state)
+
+        def plain(_=None):
+            return pass_(state.params, x, y, key=dropout_key, train=True, state=state.net_state)
+
+        if diagnostics is None:
+            value, grads, net_state = plain()
+        else:
+            spec, every = diagnostics
+
+            def recorded(_):
+                tape = _tape.recorded_pass(net, loss, state.params, x, y, key=dropout_key,
+                                           train=True, state=state.net_state)
+                stats = _diagnostics.layer_stats(tape, spec)
+                root = tape.calls[""]
+                return ((tape.loss, root.grads, root.new_state) if reuse else plain()), stats
+
+            shapes = jax.eval_shape(recorded, None)[1]
+            record = state.step % every == 0
+            (value, grads, net_state), stats = lax.cond(
+                record, recorded,
+                lambda _: (plain(), jax.tree_util.tree_map(
+                    lambda s: jnp.zeros(s.shape, s.dtype), shapes)), None)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": value}
         if grad_norm:  # one more pass over every gradient: only when asked for
             metrics["grad_norm"] = global_norm(grads)
+        if diagnostics is not None:
+            ratios = _diagnostics.update_ratios(spec, state.params, params)
+            metrics["diagnostics"] = {"stats": stats, "update_ratio": ratios,
+                                      "recorded": record, "step": state.step}
         return TrainState(params, net_state, opt_state, state.step + 1, key), metrics
 
     return step
@@ -273,9 +304,11 @@ def _scan_suits(step, state: TrainState, x, y, batch_size: int, mesh: Mesh | Non
     return "conv_general_dilated" not in str(jax.make_jaxpr(step)(state, *batch))
 
 
-def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh | None = None):
+def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh | None = None,
+              diagnostics: bool = False):
     """One epoch: shuffle, cut into n // batch_size batches (the remainder waits for the next
-    shuffle), and run the steps — as one `lax.scan` (one dispatch) or a Python loop."""
+    shuffle), and run the steps — as one `lax.scan` (one dispatch) or a Python loop.
+    Returns (state, mean loss, diagnostics of the epoch or None)."""
     steps = n // batch_size
     full_batch = batch_size == n
 
@@ -291,10 +324,47 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
             xb, yb = shard_batch(mesh, xb, axis=1), shard_batch(mesh, yb, axis=1)
         return xb, yb
 
+    def split(metrics):
+        """(loss, what the epoch keeps of a step's diagnostics: scalars, no histograms)."""
+        d = metrics.get("diagnostics")
+        if d is None:
+            return metrics["loss"], None
+        kept = {k: d["stats"][k] for k in _diagnostics.SCALARS if k in d["stats"]}
+        return metrics["loss"], {"stats": kept, "update_ratio": d["update_ratio"],
+                                 "recorded": d["recorded"], "step": d["step"]}
+
+    def hists(metrics):
+        stats = metrics["diagnostics"]["stats"]
+        return {k: stats[k] for k in ("act_hist", "grad_hist") if k in stats}
+
     if scan:
         def scanned(state, x, y, epoch):
-            state, metrics = lax.scan(lambda s, b: step(s, *b), state, batches(x, y, epoch))
-            return state, jnp.mean(metrics["loss"])
+            xb, yb = batches(x, y, epoch)
+            if not diagnostics:
+                state, metrics = lax.scan(lambda s, b: step(s, *b), state, (xb, yb))
+                return state, jnp.mean(metrics["loss"]), None
+
+            # the histograms of the first and the last recorded step, carried (not stacked)
+            shapes = hists(jax.eval_shape(step, state, xb[0], yb[0])[1])
+            none = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+            def body(carry, b):
+                s, first, last = carry
+                s, metrics = step(s, *b)
+                rec, h = metrics["diagnostics"]["recorded"], hists(metrics)
+                at = metrics["diagnostics"]["step"]
+                take_first = rec & ~first[2]
+                first = (jax.tree_util.tree_map(lambda o, n: jnp.where(take_first, n, o),
+                                                first[0], h),
+                         jnp.where(take_first, at, first[1]), first[2] | rec)
+                last = (jax.tree_util.tree_map(lambda o, n: jnp.where(rec, n, o), last[0], h),
+                        jnp.where(rec, at, last[1]), last[2] | rec)
+                return (s, first, last), split(metrics)
+
+            start = (none, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+            (state, first, last), (losses, per_step) = lax.scan(body, (state, start, start),
+                                                                 (xb, yb))
+            return state, jnp.mean(losses), {"per_step": per_step, "first": first, "last": last}
         return jax.jit(scanned, donate_argnums=0)
 
     # one dispatch per step; the batch is sliced inside the jitted step, not eagerly
@@ -302,11 +372,23 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
 
     def looped(state, x, y, epoch):
         xb, yb = batches(x, y, epoch)
-        losses = []
+        losses, per_step, first, last = [], [], None, None
         for i in range(steps):
             state, metrics = step_at(state, xb, yb, i)
-            losses.append(metrics["loss"])
-        return state, jnp.mean(jnp.stack(losses))
+            loss, kept = split(metrics)
+            losses.append(loss)
+            if kept is not None:
+                per_step.append(kept)
+                if bool(kept["recorded"]):
+                    h = (hists(metrics), kept["step"], True)
+                    first = first or h
+                    last = h
+        loss = jnp.mean(jnp.stack(losses))
+        if not diagnostics:
+            return state, loss, None
+        stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per_step)
+        return state, loss, {"per_step": stacked, "first": first or (None, 0, False),
+                             "last": last or (None, 0, False)}
     return looped
 
 
@@ -315,7 +397,8 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         val_data=None, stop_at_loss: float | None = None, patience: int | None = None,
         checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1,
         progress: bool = True, epoch_mode: str = "auto", devices=None,
-        precision: str | None = None, l2: float = 0.0) -> tuple[TrainState, dict[str, Any]]:
+        precision: str | None = None, l2: float = 0.0,
+        diagnostics_every: int | None = None) -> tuple[TrainState, dict[str, Any]]:
     """Train `net` on `train_data = (x, y)`; returns the final (or best) state and the history.
 
     - batch_size: None → full-batch gradient descent, 1 → stochastic, b → mini-batches of b;
@@ -340,6 +423,11 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
       backward, float32 master parameters, loss and update).
     - l2: λ of the penalty λ/2·Σ‖W‖² on weight matrices and kernels (`fbp.l2_penalty`),
       included in the training loss; validation and test losses are the data loss alone.
+    - diagnostics_every: k → every k-th step, inside the compiled epoch, records per layer
+      the output's mean, std and fraction saturated/zero, the norm of the gradient reaching
+      it, and per weight leaf the update ratio ‖Δθ‖/‖θ‖, into `history["diagnostics"]`
+      (with histograms of the first and the last recorded step); `fbp.plot.diagnostics`
+      draws them. None (default): the step is the plain one.
     """
     _check_net_and_loss(net, loss)
     if not isinstance(epochs, int) or epochs <= 0:
@@ -352,6 +440,10 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     if patience is not None and (val_data is None or patience <= 0):
         raise ValueError("fit: patience needs val_data and must be a positive int, got "
                          f"patience={patience!r} with val_data={'given' if val_data else None}")
+    if diagnostics_every is not None and (isinstance(diagnostics_every, bool) or not isinstance(
+            diagnostics_every, int) or diagnostics_every <= 0):
+        raise ValueError(f"fit: diagnostics_every must be a positive int (record every k steps) "
+                         f"or None, got {diagnostics_every!r}")
     if epoch_mode not in ("auto", "scan", "steps"):
         raise ValueError(f"fit: epoch_mode must be 'auto', 'scan' or 'steps', got {epoch_mode!r}")
 
@@ -382,6 +474,8 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     config = {"seed": seed, "batch_size": batch, "grad": grad, "n": n, "precision": precision}
     if l2:
         config["l2"] = l2
+    if diagnostics_every:
+        config["diagnostics_every"] = diagnostics_every
     history: dict[str, Any] = {"epoch": [], "train_loss": [], "time_s": []}
     if val_data is not None:
         history.update(val_loss=[], val_accuracy=[])
@@ -393,10 +487,15 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         start, state, history, best = _resume(ckpt_path, state, config)
 
     x, y = _as_param_dtype(x, state.params), _as_param_dtype(y, state.params)
-    step = _train_step(net, loss, optimizer, grad, precision, mesh, l2)
+    recorder = None
+    if diagnostics_every:
+        spec = _diagnostics_spec(net, loss, state, x, y, batch)
+        recorder = _diagnostics.Recorder(spec, diagnostics_every, history)
+    step = _train_step(net, loss, optimizer, grad, precision, mesh, l2,
+                       diagnostics=(recorder.spec, diagnostics_every) if recorder else None)
     scan = epoch_mode == "scan" or (epoch_mode == "auto" and _scan_suits(step, state, x, y, batch,
                                                                          mesh))
-    run_epoch = _epoch_fn(step, n, batch, shuffle_key, scan, mesh)
+    run_epoch = _epoch_fn(step, n, batch, shuffle_key, scan, mesh, diagnostics=bool(recorder))
     if val_data is not None:
         xv, yv = _as_param_dtype(xv, state.params), _as_param_dtype(yv, state.params)
     state = replicate(mesh, jax.tree_util.tree_map(jnp.asarray, state))
@@ -408,8 +507,10 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
                unit="epoch", desc=f"fit ({grad})")
     for epoch in bar:
         t0 = time.perf_counter()
-        state, train_loss = run_epoch(state, x, y, epoch)
+        state, train_loss, diag = run_epoch(state, x, y, epoch)
         train_loss = float(train_loss)
+        if recorder is not None:
+            _record(recorder, diag)
         seconds = time.perf_counter() - t0
         if not (math.isfinite(train_loss) and _all_finite(state.params)):
             kept = f"; the checkpoint in {checkpoint_dir} is kept as it was" if ckpt_path else ""
@@ -451,6 +552,37 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         params, net_state = best["params"]
         state = state._replace(params=params, net_state=net_state)
     return state, history
+
+
+def _diagnostics_spec(net, loss, state: TrainState, x, y, batch: int) -> _diagnostics.Spec:
+    """The layout of a diagnostics record, found by tracing one recorded pass."""
+    box = {}
+
+    def trace(params, net_state, xb, yb):
+        tape = _tape.recorded_pass(net, loss, params, xb, yb, key=jax.random.key(0), train=True,
+                                   state=net_state)
+        box["spec"] = _diagnostics.spec_of(tape, params)
+        return tape.loss
+
+    xb = jax.ShapeDtypeStruct((batch,) + x.shape[1:], x.dtype)
+    yb = jax.ShapeDtypeStruct((batch,) + y.shape[1:], y.dtype)
+    jax.eval_shape(trace, state.params, state.net_state, xb, yb)
+    return box["spec"]
+
+
+def _record(recorder: _diagnostics.Recorder, diag) -> None:
+    """An epoch's diagnostics into the history (on the host, once per epoch)."""
+    diag = jax.device_get(diag)
+    per_step = diag["per_step"]
+    for i in np.flatnonzero(np.asarray(per_step["recorded"])):
+        recorder.add(per_step["step"][i], {k: v[i] for k, v in per_step["stats"].items()},
+                     per_step["update_ratio"][i])
+    hist, at, seen = diag["first"]
+    if bool(seen) and "first" not in recorder.d["hist"]:
+        recorder.set_hist("first", at, hist)
+    hist, at, seen = diag["last"]
+    if bool(seen):
+        recorder.set_hist("last", at, hist)
 
 
 def _save(path: Path, epoch: int, state: TrainState, history, best, config) -> None:
