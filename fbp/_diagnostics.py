@@ -59,9 +59,9 @@ def _f32(a):
     return a.astype(jnp.float64 if a.dtype == jnp.float64 else jnp.float32)
 
 
-def layer_stats(tape: _tape.Tape, spec: Spec) -> dict:
+def layer_stats(tape: _tape.Tape, spec: Spec, *, histograms: bool = False) -> dict:
     """Per innermost layer (stacked in spec order): act_mean, act_std, act_frac, grad_norm,
-    and the histograms act_hist/grad_hist as (counts, lo, hi)."""
+    and with `histograms` act_hist/grad_hist as (counts, lo, hi)."""
     rows = []
     for path, kind in zip(spec.paths, spec.kinds):
         call = tape.calls[path]
@@ -75,9 +75,11 @@ def layer_stats(tape: _tape.Tape, spec: Spec) -> dict:
         else:
             frac = jnp.array(jnp.nan, y.dtype)
         g = _f32(call.g) if call.g is not None else jnp.zeros_like(y)
-        rows.append({"act_mean": jnp.mean(y), "act_std": jnp.std(y), "act_frac": frac.astype(y.dtype),
-                     "grad_norm": jnp.sqrt(jnp.sum(jnp.square(g))),
-                     "act_hist": histogram(y), "grad_hist": histogram(g)})
+        row = {"act_mean": jnp.mean(y), "act_std": jnp.std(y), "act_frac": frac.astype(y.dtype),
+               "grad_norm": jnp.sqrt(jnp.sum(jnp.square(g)))}
+        if histograms:
+            row.update(act_hist=histogram(y), grad_hist=histogram(g))
+        rows.append(row)
     if not rows:
         return {}
     return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *rows)
@@ -113,11 +115,11 @@ class Recorder:
             self.d[k].append([float(v) for v in stats[k]])
         self.d["update_ratio"].append([float(v) for v in ratios])
 
-    def set_hist(self, which: str, step: int, stats: dict) -> None:
+    def set_hist(self, which: str, record: dict) -> None:
+        """record: {"step", "act_hist", "grad_hist"}, each histogram (counts, lo, hi) stacked
+        over the layers."""
         from fbp._explain import hist_dict
 
-        self.d["hist"][which] = {
-            "step": int(step),
-            "act": [hist_dict(*(h[i] for h in stats["act_hist"])) for i in range(len(self.spec.paths))],
-            "grad": [hist_dict(*(h[i] for h in stats["grad_hist"]))
-                     for i in range(len(self.spec.paths))]}
+        self.d["hist"][which] = {"step": int(record["step"]), **{
+            name: [hist_dict(*(h[i] for h in record[key])) for i in range(len(self.spec.paths))]
+            for name, key in (("act", "act_hist"), ("grad", "grad_hist"))}}

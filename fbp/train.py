@@ -61,16 +61,17 @@ def init_state(net: Layer, optimizer: optax.GradientTransformation, key: jax.Arr
 
 def _train_step(net: Layer, loss: Loss, optimizer, grad: str, precision: str | None = None,
                 mesh: Mesh | None = None, l2: float = 0.0, grad_norm: bool = False,
-                diagnostics: tuple[_diagnostics.Spec, int] | None = None):
+                diagnostics: _diagnostics.Spec | None = None, histograms: bool = False):
     """The un-jitted step; `grad` picks how ∂L/∂θ is computed and nothing else.
 
     With a `mesh`, the batch is split along its first axis over the mesh's data axis while
     parameters and optimizer state are replicated; the mean over the batch in the loss
     becomes, in XLA's SPMD partitioning, a sum across devices.
 
-    With `diagnostics` = (spec, k), every k-th step (by state.step) runs its pass recorded
-    layer by layer and returns, in metrics, the per-layer statistics and the weights'
-    update ratios (`fbp._diagnostics`); the other steps run the plain pass (`lax.cond`).
+    With a diagnostics `spec`, this is the recorded step: its pass runs recorded layer by
+    layer, and its metrics hold the per-layer statistics (with `histograms`, their
+    histograms too) and the weights' update ratios (`fbp._diagnostics`). `fit` runs it
+    every k steps and the plain step in between.
     """
     pass_ = training_pass(net, loss, grad=grad, precision=precision, l2=l2)
     # the recorded manual pass is the manual pass itself when nothing is cast or added
@@ -81,36 +82,26 @@ def _train_step(net: Layer, loss: Loss, optimizer, grad: str, precision: str | N
             x, y = shard_batch(mesh, x), shard_batch(mesh, y)
         key, dropout_key = jax.random.split(state.key)
 
-        def plain(_=None):
+        def plain():
             return pass_(state.params, x, y, key=dropout_key, train=True, state=state.net_state)
 
         if diagnostics is None:
             value, grads, net_state = plain()
         else:
-            spec, every = diagnostics
-
-            def recorded(_):
-                tape = _tape.recorded_pass(net, loss, state.params, x, y, key=dropout_key,
-                                           train=True, state=state.net_state)
-                stats = _diagnostics.layer_stats(tape, spec)
-                root = tape.calls[""]
-                return ((tape.loss, root.grads, root.new_state) if reuse else plain()), stats
-
-            shapes = jax.eval_shape(recorded, None)[1]
-            record = state.step % every == 0
-            (value, grads, net_state), stats = lax.cond(
-                record, recorded,
-                lambda _: (plain(), jax.tree_util.tree_map(
-                    lambda s: jnp.zeros(s.shape, s.dtype), shapes)), None)
+            tape = _tape.recorded_pass(net, loss, state.params, x, y, key=dropout_key,
+                                       train=True, state=state.net_state)
+            stats = _diagnostics.layer_stats(tape, diagnostics, histograms=histograms)
+            root = tape.calls[""]
+            value, grads, net_state = (tape.loss, root.grads, root.new_state) if reuse else plain()
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": value}
         if grad_norm:  # one more pass over every gradient: only when asked for
             metrics["grad_norm"] = global_norm(grads)
         if diagnostics is not None:
-            ratios = _diagnostics.update_ratios(spec, state.params, params)
-            metrics["diagnostics"] = {"stats": stats, "update_ratio": ratios,
-                                      "recorded": record, "step": state.step}
+            metrics["diagnostics"] = {
+                "stats": stats, "update_ratio": _diagnostics.update_ratios(
+                    diagnostics, state.params, params), "step": state.step}
         return TrainState(params, net_state, opt_state, state.step + 1, key), metrics
 
     return step
@@ -305,10 +296,15 @@ def _scan_suits(step, state: TrainState, x, y, batch_size: int, mesh: Mesh | Non
 
 
 def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh | None = None,
-              diagnostics: bool = False):
+              recorded_steps=None, every: int | None = None):
     """One epoch: shuffle, cut into n // batch_size batches (the remainder waits for the next
     shuffle), and run the steps — as one `lax.scan` (one dispatch) or a Python loop.
-    Returns (state, mean loss, diagnostics of the epoch or None)."""
+
+    With `recorded_steps` = (recorded step, the same with histograms) for diagnostics, the
+    epoch's steps 0, k, 2k, ... (k = `every`) are recorded and the others plain: the epoch
+    runs as chunks of one recorded step and k − 1 plain steps, so a plain step costs what
+    it costs without diagnostics; the epoch's last record also takes histograms.
+    Returns (state, mean loss, the epoch's records or None)."""
     steps = n // batch_size
     full_batch = batch_size == n
 
@@ -324,71 +320,78 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
             xb, yb = shard_batch(mesh, xb, axis=1), shard_batch(mesh, yb, axis=1)
         return xb, yb
 
-    def split(metrics):
-        """(loss, what the epoch keeps of a step's diagnostics: scalars, no histograms)."""
-        d = metrics.get("diagnostics")
-        if d is None:
-            return metrics["loss"], None
-        kept = {k: d["stats"][k] for k in _diagnostics.SCALARS if k in d["stats"]}
-        return metrics["loss"], {"stats": kept, "update_ratio": d["update_ratio"],
-                                 "recorded": d["recorded"], "step": d["step"]}
+    if recorded_steps is not None:
+        recorded, recorded_hist = recorded_steps
+        starts = list(range(0, steps, every))  # one chunk per recorded step
+        last = starts[-1]
 
-    def hists(metrics):
-        stats = metrics["diagnostics"]["stats"]
-        return {k: stats[k] for k in ("act_hist", "grad_hist") if k in stats}
+    def records_of(metrics_list):
+        """The epoch's records: scalars stacked; histograms of its first and last record."""
+        kept = [{"stats": {k: m["stats"][k] for k in _diagnostics.SCALARS},
+                 "update_ratio": m["update_ratio"], "step": m["step"]} for m in metrics_list]
+        out = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *kept)
+        for which, m in (("first", metrics_list[0]), ("last", metrics_list[-1])):
+            out[which] = {"step": m["step"][0], **{k: jax.tree_util.tree_map(
+                lambda a: a[0], m["stats"][k]) for k in ("act_hist", "grad_hist")}}
+        return out
 
     if scan:
+        def plain_steps(state, xb, yb):
+            return lax.scan(lambda s, b: step(s, *b), state, (xb, yb))
+
         def scanned(state, x, y, epoch):
             xb, yb = batches(x, y, epoch)
-            if not diagnostics:
-                state, metrics = lax.scan(lambda s, b: step(s, *b), state, (xb, yb))
+            if recorded_steps is None:
+                state, metrics = plain_steps(state, xb, yb)
                 return state, jnp.mean(metrics["loss"]), None
+            def one_chunk(state, start, stop, step_fn):  # a recorded step, then plain ones
+                state, m = step_fn(state, xb[start], yb[start])
+                state, plain = plain_steps(state, xb[start + 1:stop], yb[start + 1:stop])
+                return state, [m["loss"][None], plain["loss"]], [
+                    jax.tree_util.tree_map(lambda a: a[None], m["diagnostics"])]
 
-            # the histograms of the first and the last recorded step, carried (not stacked)
-            shapes = hists(jax.eval_shape(step, state, xb[0], yb[0])[1])
-            none = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-            def body(carry, b):
-                s, first, last = carry
-                s, metrics = step(s, *b)
-                rec, h = metrics["diagnostics"]["recorded"], hists(metrics)
-                at = metrics["diagnostics"]["step"]
-                take_first = rec & ~first[2]
-                first = (jax.tree_util.tree_map(lambda o, n: jnp.where(take_first, n, o),
-                                                first[0], h),
-                         jnp.where(take_first, at, first[1]), first[2] | rec)
-                last = (jax.tree_util.tree_map(lambda o, n: jnp.where(rec, n, o), last[0], h),
-                        jnp.where(rec, at, last[1]), last[2] | rec)
-                return (s, first, last), split(metrics)
-
-            start = (none, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-            (state, first, last), (losses, per_step) = lax.scan(body, (state, start, start),
-                                                                 (xb, yb))
-            return state, jnp.mean(losses), {"per_step": per_step, "first": first, "last": last}
+            # the first chunk and the last take histograms; those between run in a scan
+            state, losses, records = one_chunk(state, 0, min(every, steps), recorded_hist)
+            if last > every:
+                def chunk(s, b):
+                    cx, cy = b
+                    s, m = recorded(s, cx[0], cy[0])
+                    s, plain = plain_steps(s, cx[1:], cy[1:])
+                    return s, (jnp.concatenate([m["loss"][None], plain["loss"]]),
+                               m["diagnostics"])
+                shape = ((last - every) // every, every)
+                state, (chunk_losses, chunk_records) = lax.scan(chunk, state, (
+                    xb[every:last].reshape(shape + xb.shape[1:]),
+                    yb[every:last].reshape(shape + yb.shape[1:])))
+                losses.append(chunk_losses.reshape(-1))
+                records.append(chunk_records)
+            if last:
+                state, more_losses, more = one_chunk(state, last, steps, recorded_hist)
+                losses += more_losses
+                records += more
+            return state, jnp.mean(jnp.concatenate(losses)), records_of(records)
         return jax.jit(scanned, donate_argnums=0)
 
     # one dispatch per step; the batch is sliced inside the jitted step, not eagerly
-    step_at = jax.jit(lambda state, xb, yb, i: step(state, xb[i], yb[i]), donate_argnums=0)
+    def at(step_fn):
+        return jax.jit(lambda state, xb, yb, i: step_fn(state, xb[i], yb[i]), donate_argnums=0)
+
+    step_at = at(step)
+    if recorded_steps is not None:
+        recorded_at, recorded_hist_at = at(recorded), at(recorded_hist)
 
     def looped(state, x, y, epoch):
         xb, yb = batches(x, y, epoch)
-        losses, per_step, first, last = [], [], None, None
+        losses, records = [], []
         for i in range(steps):
-            state, metrics = step_at(state, xb, yb, i)
-            loss, kept = split(metrics)
-            losses.append(loss)
-            if kept is not None:
-                per_step.append(kept)
-                if bool(kept["recorded"]):
-                    h = (hists(metrics), kept["step"], True)
-                    first = first or h
-                    last = h
-        loss = jnp.mean(jnp.stack(losses))
-        if not diagnostics:
-            return state, loss, None
-        stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per_step)
-        return state, loss, {"per_step": stacked, "first": first or (None, 0, False),
-                             "last": last or (None, 0, False)}
+            if recorded_steps is not None and i % every == 0:
+                with_hist = i in (0, last)
+                state, metrics = (recorded_hist_at if with_hist else recorded_at)(state, xb, yb, i)
+                records.append(jax.tree_util.tree_map(lambda a: a[None], metrics["diagnostics"]))
+            else:
+                state, metrics = step_at(state, xb, yb, i)
+            losses.append(metrics["loss"])
+        return state, jnp.mean(jnp.stack(losses)), records_of(records) if records else None
     return looped
 
 
@@ -423,11 +426,14 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
       backward, float32 master parameters, loss and update).
     - l2: λ of the penalty λ/2·Σ‖W‖² on weight matrices and kernels (`fbp.l2_penalty`),
       included in the training loss; validation and test losses are the data loss alone.
-    - diagnostics_every: k → every k-th step, inside the compiled epoch, records per layer
-      the output's mean, std and fraction saturated/zero, the norm of the gradient reaching
-      it, and per weight leaf the update ratio ‖Δθ‖/‖θ‖, into `history["diagnostics"]`
-      (with histograms of the first and the last recorded step); `fbp.plot.diagnostics`
-      draws them. None (default): the step is the plain one.
+    - diagnostics_every: k → the steps 0, k, 2k, ... of every epoch (with fewer than k
+      steps per epoch, the first step of every epoch that holds a multiple of k among its
+      global step numbers: full-batch training records every k-th step), inside the
+      compiled epoch, record per layer the output's mean, std and fraction saturated/zero, the norm
+      of the gradient reaching it, and per weight leaf the update ratio ‖Δθ‖/‖θ‖, into
+      `history["diagnostics"]` (with histograms of the first and the last recorded step);
+      `fbp.plot.diagnostics` draws them. The other steps are the plain step. None
+      (default): no recording at all.
     """
     _check_net_and_loss(net, loss)
     if not isinstance(epochs, int) or epochs <= 0:
@@ -491,11 +497,17 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     if diagnostics_every:
         spec = _diagnostics_spec(net, loss, state, x, y, batch)
         recorder = _diagnostics.Recorder(spec, diagnostics_every, history)
-    step = _train_step(net, loss, optimizer, grad, precision, mesh, l2,
-                       diagnostics=(recorder.spec, diagnostics_every) if recorder else None)
+    step = _train_step(net, loss, optimizer, grad, precision, mesh, l2)
+    recorded_steps = None
+    if recorder:
+        recorded_steps = tuple(_train_step(net, loss, optimizer, grad, precision, mesh, l2,
+                                           diagnostics=recorder.spec, histograms=h)
+                               for h in (False, True))
     scan = epoch_mode == "scan" or (epoch_mode == "auto" and _scan_suits(step, state, x, y, batch,
                                                                          mesh))
-    run_epoch = _epoch_fn(step, n, batch, shuffle_key, scan, mesh, diagnostics=bool(recorder))
+    run_epoch = _epoch_fn(step, n, batch, shuffle_key, scan, mesh)
+    run_recorded_epoch = (_epoch_fn(step, n, batch, shuffle_key, scan, mesh, recorded_steps,
+                                    diagnostics_every) if recorder else None)
     if val_data is not None:
         xv, yv = _as_param_dtype(xv, state.params), _as_param_dtype(yv, state.params)
     state = replicate(mesh, jax.tree_util.tree_map(jnp.asarray, state))
@@ -507,9 +519,11 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
                unit="epoch", desc=f"fit ({grad})")
     for epoch in bar:
         t0 = time.perf_counter()
-        state, train_loss, diag = run_epoch(state, x, y, epoch)
+        records = recorder is not None and _records_in(epoch, n // batch, diagnostics_every)
+        state, train_loss, diag = (run_recorded_epoch if records else run_epoch)(state, x, y,
+                                                                                epoch)
         train_loss = float(train_loss)
-        if recorder is not None:
+        if records:
             _record(recorder, diag)
         seconds = time.perf_counter() - t0
         if not (math.isfinite(train_loss) and _all_finite(state.params)):
@@ -570,19 +584,24 @@ def _diagnostics_spec(net, loss, state: TrainState, x, y, batch: int) -> _diagno
     return box["spec"]
 
 
-def _record(recorder: _diagnostics.Recorder, diag) -> None:
-    """An epoch's diagnostics into the history (on the host, once per epoch)."""
-    diag = jax.device_get(diag)
-    per_step = diag["per_step"]
-    for i in np.flatnonzero(np.asarray(per_step["recorded"])):
-        recorder.add(per_step["step"][i], {k: v[i] for k, v in per_step["stats"].items()},
-                     per_step["update_ratio"][i])
-    hist, at, seen = diag["first"]
-    if bool(seen) and "first" not in recorder.d["hist"]:
-        recorder.set_hist("first", at, hist)
-    hist, at, seen = diag["last"]
-    if bool(seen):
-        recorder.set_hist("last", at, hist)
+def _records_in(epoch: int, steps: int, every: int) -> bool:
+    """Whether an epoch records diagnostics: always when it has k = `every` steps or more
+    (its steps 0, k, 2k, ...); with fewer (full batch), when it holds a multiple of k among
+    the global step numbers [epoch·steps, (epoch + 1)·steps)."""
+    first = epoch * steps
+    return steps >= every or -(-first // every) * every < first + steps
+
+
+def _record(recorder: _diagnostics.Recorder, records) -> None:
+    """An epoch's records into the history (on the host, once per epoch); the histograms
+    of its last record become the run's "last" (and, in its first epoch, its "first")."""
+    records = jax.device_get(records)
+    for i, step in enumerate(records["step"]):
+        recorder.add(step, {k: records["stats"][k][i] for k in _diagnostics.SCALARS},
+                     records["update_ratio"][i])
+    if "first" not in recorder.d["hist"]:
+        recorder.set_hist("first", records["first"])
+    recorder.set_hist("last", records["last"])
 
 
 def _save(path: Path, epoch: int, state: TrainState, history, best, config) -> None:
