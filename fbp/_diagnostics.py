@@ -13,6 +13,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fbp import _tape
 from fbp._explain import RELU_LIKE, SATURATED, SQUASHING, histogram
@@ -112,8 +113,8 @@ class Recorder:
         """One record: `stats` as from layer_stats (numpy), ratios per weight."""
         self.d["step"].append(int(step))
         for k in SCALARS:
-            self.d[k].append([float(v) for v in stats[k]])
-        self.d["update_ratio"].append([float(v) for v in ratios])
+            self.d[k].append(np.asarray(stats[k], np.float64).tolist())
+        self.d["update_ratio"].append(np.asarray(ratios, np.float64).tolist())
 
     def set_hist(self, which: str, record: dict) -> None:
         """record: {"step", "act_hist", "grad_hist"}, each histogram (counts, lo, hi) stacked

@@ -171,7 +171,7 @@ def histogram(a, bins: int = HIST_BINS):
 
 def hist_dict(counts, lo, hi) -> dict:
     """A histogram as plain data: {"counts": [...], "range": [lo, hi]} (JSON-able)."""
-    return {"counts": [int(c) for c in np.asarray(counts)], "range": [float(lo), float(hi)]}
+    return {"counts": np.asarray(counts, np.int64).tolist(), "range": [float(lo), float(hi)]}
 
 
 def _norm(a) -> jax.Array:

@@ -1,4 +1,4 @@
-"""The `fbp` command line: `fbp check`, `fbp train`, `fbp bench`."""
+"""The `fbp` command line: `fbp check`, `fbp train`, `fbp explain`, `fbp bench`."""
 
 from __future__ import annotations
 
@@ -72,48 +72,58 @@ def interleaved_step_times(net, loss, optimizer, x, y, *, repeats: int = 30):
     return {grad: statistics.median(t) for grad, t in times.items()}
 
 
-def _train(args) -> int:
-    import jax
+def _prepare_data(args, command: str):
+    """The data set of `--data`, split (train, validation, test) and cast, and its loss:
+    (x_tr, y_tr, val_data, x_te, y_te, loss, n_out)."""
     import numpy as np
 
     from fbp import data, losses
     from fbp._layer import default_float_dtype
-    from fbp.check import check_grads
-    from fbp.train import evaluate, fit
 
     (x_tr, y_tr), (x_te, y_te) = data.load(args.data, seed=args.seed)
     loss = getattr(losses, LOSSES[args.loss])
     if args.loss == "bce":
         if not np.issubdtype(y_tr.dtype, np.integer) or y_tr.max() > 1:
-            raise SystemExit(f"fbp train: --loss bce needs 0/1 labels; {args.data} has "
+            raise SystemExit(f"fbp {command}: --loss bce needs 0/1 labels; {args.data} has "
                              f"{int(y_tr.max()) + 1} classes (use --loss ce)")
         y_tr, y_te = y_tr[:, None].astype(np.float32), y_te[:, None].astype(np.float32)
     if np.issubdtype(y_tr.dtype, np.integer):
         if args.loss != "ce":
-            raise SystemExit(f"fbp train: {args.data} has class labels; use --loss ce (or bce "
+            raise SystemExit(f"fbp {command}: {args.data} has class labels; use --loss ce (or bce "
                              "for two classes)")
         n_out = data.num_classes(y_tr)
     else:
         if args.loss == "ce":
-            raise SystemExit(f"fbp train: {args.data} is a regression set; use --loss mse or huber")
+            raise SystemExit(f"fbp {command}: {args.data} is a regression set; use --loss mse or huber")
         n_out = y_tr.shape[1]
     dtype = default_float_dtype()  # float32, or float64 when x64 is on: the params' dtype
     x_tr, x_te = x_tr.astype(dtype), x_te.astype(dtype)
     if np.issubdtype(y_tr.dtype, np.floating):
         y_tr, y_te = y_tr.astype(dtype), y_te.astype(dtype)
-    if not 0 <= args.val_fraction < 1:
-        raise SystemExit(f"fbp train: --val-fraction must lie in [0, 1), got {args.val_fraction}")
-    if args.patience is not None and args.val_fraction == 0:
-        raise SystemExit("fbp train: --patience stops on the validation loss; it needs "
+    val_fraction = getattr(args, "val_fraction", 0.0)
+    if not 0 <= val_fraction < 1:
+        raise SystemExit(f"fbp {command}: --val-fraction must lie in [0, 1), got {val_fraction}")
+    if getattr(args, "patience", None) is not None and val_fraction == 0:
+        raise SystemExit(f"fbp {command}: --patience stops on the validation loss; it needs "
                          "--val-fraction > 0")
     val_data = None
-    if args.val_fraction > 0:  # carved from the training split: the test split stays unseen
+    if val_fraction > 0:  # carved from the training split: the test split stays unseen
         from sklearn.model_selection import train_test_split
 
         classes = y_tr if np.issubdtype(y_tr.dtype, np.integer) else None
         x_tr, x_val, y_tr, y_val = train_test_split(
-            x_tr, y_tr, test_size=args.val_fraction, random_state=args.seed, stratify=classes)
+            x_tr, y_tr, test_size=val_fraction, random_state=args.seed, stratify=classes)
         val_data = (x_val, y_val)
+    return x_tr, y_tr, val_data, x_te, y_te, loss, n_out
+
+
+def _train(args) -> int:
+    import jax
+
+    from fbp.check import check_grads
+    from fbp.train import evaluate, fit
+
+    x_tr, y_tr, val_data, x_te, y_te, loss, n_out = _prepare_data(args, "train")
     hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
     net = mlp(hidden, n_out, args.activation, args.dropout)
     optimizer = make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
@@ -126,8 +136,9 @@ def _train(args) -> int:
                          batch_size=args.batch_size, grad=args.grad, seed=args.seed,
                          val_data=val_data, patience=args.patience,
                          checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
-                         devices=args.devices, precision=args.precision, l2=args.l2)
-    test = evaluate(net, loss, state.params, x_te, y_te)
+                         devices=args.devices, precision=args.precision, l2=args.l2,
+                         diagnostics_every=args.diagnostics_every if args.diagnostics else None)
+    test = evaluate(net, loss, state, x_te, y_te)
     acc = f", test accuracy {100 * test['accuracy']:.2f}%" if "accuracy" in test else ""
     print(f"after {len(history['epoch'])} epochs ({history['stopped']}): train loss "
           f"{history['train_loss'][-1]:.4g}, test loss {test['loss']:.4g}{acc}")
@@ -136,6 +147,20 @@ def _train(args) -> int:
 
         loss_curves(history, args.plot, title=f"{args.data}: {net.name}")
         print(f"loss curves written to {args.plot}")
+    if args.diagnostics:
+        from pathlib import Path
+
+        from fbp import explain
+        from fbp.plot import diagnostics, graph
+
+        paths = diagnostics(history, args.diagnostics)
+        batch = min(args.batch_size or len(x_tr), 64)
+        report = explain(net, loss, state.params, x_tr[:batch], y_tr[:batch],
+                         key=jax.random.key(args.seed))
+        paths.append(graph(net, Path(args.diagnostics) / "graph.png", report=report))
+        print(f"diagnostics ({len(history['diagnostics']['step'])} records, every "
+              f"{args.diagnostics_every} steps) and the net's graph written to "
+              f"{args.diagnostics}: {', '.join(p.name for p in paths)}")
     if not args.no_extras:
         batch = args.batch_size or len(x_tr)
         xb, yb = x_tr[:min(batch, 64)], y_tr[:min(batch, 64)]
@@ -150,6 +175,42 @@ def _train(args) -> int:
               f"{1e3 * t['manual']:.3f} ms, auto {1e3 * t['auto']:.3f} ms, manual/auto "
               f"{t['manual'] / t['auto']:.2f}")
     return 0
+
+
+def _explain(args) -> int:
+    import math
+
+    import jax
+
+    from fbp import explain
+    from fbp._layer import init_with_state
+
+    x_tr, y_tr, _, _, _, loss, n_out = _prepare_data(args, "explain")
+    hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
+    net = mlp(hidden, n_out, args.activation)
+    batch = min(args.batch_size, len(x_tr))
+    _, params, state = init_with_state(net, jax.random.key(args.seed), (batch,) + x_tr.shape[1:])
+    report = explain(net, loss, params, x_tr[:batch], y_tr[:batch], key=jax.random.key(args.seed),
+                     state=state if net.stateful else None)
+    print(f"fbp explain: one batch of {batch} from {args.data} through a fresh net "
+          f"(seed {args.seed})\n{report}")
+    if loss.name == "softmax_cross_entropy":
+        expected = math.log(n_out)
+        near = abs(report.loss - expected) <= 0.25 * expected
+        print(f"initial loss {report.loss:.4f} against ln C = ln {n_out} = {expected:.4f} "
+              f"(a fresh net should spread its probability evenly over the classes; within 25%): "
+              + ("near, as it should be" if near else
+                 "FAR: the last layer's initial weights are too large or biased; scale them "
+                 "down before training"))
+    if args.out:
+        from pathlib import Path
+
+        from fbp.plot import diagnostics, graph
+
+        paths = diagnostics(report, args.out) + [graph(net, Path(args.out) / "graph.png",
+                                                       report=report)]
+        print(f"pictures written to {args.out}: {', '.join(p.name for p in paths)}")
+    return 0 if not report.disagreeing else 1
 
 
 def _benchmarks():
@@ -221,7 +282,26 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-extras", action="store_true",
                    help="skip the gradient check and the manual vs auto step timing")
+    p.add_argument("--diagnostics", default=None, metavar="DIR",
+                   help="record per-layer diagnostics while training and write their PNGs "
+                        "and the net's graph to DIR")
+    p.add_argument("--diagnostics-every", type=int, default=10, metavar="K",
+                   help="with --diagnostics: record every K steps")
     p.set_defaults(run=_train)
+
+    p = sub.add_parser("explain", help="one batch of backprop through a fresh MLP, layer by "
+                                       "layer: statistics and each hand-written gradient "
+                                       "against jax.vjp",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", choices=sorted(DATASETS), default="digits")
+    p.add_argument("--hidden", default="64,32", help="hidden widths, comma-separated")
+    p.add_argument("--activation", choices=ACTIVATIONS, default="relu")
+    p.add_argument("--loss", choices=sorted(LOSSES), default="ce")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="also write the pictures (histograms, gradient norms, graph) to DIR")
+    p.set_defaults(run=_explain)
 
     p = sub.add_parser("bench", help="benchmark the train step with manual vs automatic "
                                      "gradients (the `benchmarks` suite of a source checkout)")

@@ -226,6 +226,11 @@ def _frac_text(kind: str, frac: float) -> str:
     return f", {'saturated' if kind in SQUASHING else 'zero'} {100 * frac:.1f}%"
 
 
+def _style(i: int) -> dict:
+    """The i-th curve's color and line style (10 colors, then dashed, dash-dotted, dotted)."""
+    return {"color": f"C{i % 10}", "ls": ("-", "--", "-.", ":")[(i // 10) % 4]}
+
+
 def _num(v: float, fmt: str = ".2e") -> str:
     return "nan" if v is None or not math.isfinite(v) else format(v, fmt)
 
@@ -250,12 +255,11 @@ def _hist_figure(panels: list[dict], path: Path, what: str) -> Path | None:
                 left_out.append(label)
                 continue
             centers, density = curve
-            color = f"C{i % 10}"
             if centers.size == 1:
-                ax.axvline(centers[0], color=color, lw=1.2, label=label + " (constant)")
+                ax.axvline(centers[0], lw=1.2, label=label + " (constant)", **_style(i))
                 spikes.append(centers[0])
             else:
-                ax.plot(centers, density, color=color, lw=1.2, label=label)
+                ax.plot(centers, density, lw=1.2, label=label, **_style(i))
             drawn += 1
         if spikes and len(spikes) == drawn:  # constants only: center them
             ax.set_xlim(min(spikes) - 1, max(spikes) + 1)
@@ -422,7 +426,7 @@ def _update_ratio_figure(steps, labels, ratio, path: Path, every) -> Path:
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log10(_positive_or_nan(ratio))
     for j, label in enumerate(labels):
-        ax.plot(steps, logs[:, j], color=f"C{j % 10}", lw=1.2,
+        ax.plot(steps, logs[:, j], lw=1.2, **_style(j),
                 marker="o" if len(steps) < 30 else None, ms=3, label=label)
     ax.axhline(-3, color="k", ls="--", lw=1, label=guide)
     _steps_xaxis(ax, steps, every)
@@ -440,7 +444,7 @@ def _lines_figure(steps, labels, values, path: Path, *, title: str, ylabel: str)
     ax = fig.add_subplot()
     values = _positive_or_nan(values)
     for j, label in enumerate(labels):
-        ax.plot(steps, values[:, j], color=f"C{j % 10}", lw=1.2,
+        ax.plot(steps, values[:, j], lw=1.2, **_style(j),
                 marker="o" if len(steps) < 30 else None, ms=3, label=label)
     if np.isfinite(values).any():
         ax.set_yscale("log")

@@ -303,7 +303,8 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
     With `recorded_steps` = (recorded step, the same with histograms) for diagnostics, the
     epoch's steps 0, k, 2k, ... (k = `every`) are recorded and the others plain: the epoch
     runs as chunks of one recorded step and k − 1 plain steps, so a plain step costs what
-    it costs without diagnostics; the epoch's last record also takes histograms.
+    it costs without diagnostics; the epoch's last record also takes histograms
+    (`first_record` gives those of its first step, for the run's first histograms).
     Returns (state, mean loss, the epoch's records or None)."""
     steps = n // batch_size
     full_batch = batch_size == n
@@ -326,13 +327,13 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
         last = starts[-1]
 
     def records_of(metrics_list):
-        """The epoch's records: scalars stacked; histograms of its first and last record."""
+        """The epoch's records: scalars stacked; the histograms of its last record."""
         kept = [{"stats": {k: m["stats"][k] for k in _diagnostics.SCALARS},
                  "update_ratio": m["update_ratio"], "step": m["step"]} for m in metrics_list]
         out = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *kept)
-        for which, m in (("first", metrics_list[0]), ("last", metrics_list[-1])):
-            out[which] = {"step": m["step"][0], **{k: jax.tree_util.tree_map(
-                lambda a: a[0], m["stats"][k]) for k in ("act_hist", "grad_hist")}}
+        m = metrics_list[-1]
+        out["last"] = {"step": m["step"][0], **{k: jax.tree_util.tree_map(
+            lambda a: a[0], m["stats"][k]) for k in ("act_hist", "grad_hist")}}
         return out
 
     if scan:
@@ -350,27 +351,24 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
                 return state, [m["loss"][None], plain["loss"]], [
                     jax.tree_util.tree_map(lambda a: a[None], m["diagnostics"])]
 
-            # the first chunk and the last take histograms; those between run in a scan
-            state, losses, records = one_chunk(state, 0, min(every, steps), recorded_hist)
-            if last > every:
+            # the chunks before the last in a scan; the last one takes histograms too
+            losses, records = [], []
+            if last:
                 def chunk(s, b):
                     cx, cy = b
                     s, m = recorded(s, cx[0], cy[0])
                     s, plain = plain_steps(s, cx[1:], cy[1:])
                     return s, (jnp.concatenate([m["loss"][None], plain["loss"]]),
                                m["diagnostics"])
-                shape = ((last - every) // every, every)
+                shape = (last // every, every)
                 state, (chunk_losses, chunk_records) = lax.scan(chunk, state, (
-                    xb[every:last].reshape(shape + xb.shape[1:]),
-                    yb[every:last].reshape(shape + yb.shape[1:])))
+                    xb[:last].reshape(shape + xb.shape[1:]), yb[:last].reshape(shape + yb.shape[1:])))
                 losses.append(chunk_losses.reshape(-1))
                 records.append(chunk_records)
-            if last:
-                state, more_losses, more = one_chunk(state, last, steps, recorded_hist)
-                losses += more_losses
-                records += more
+            state, more_losses, more = one_chunk(state, last, steps, recorded_hist)
+            losses += more_losses
+            records += more
             return state, jnp.mean(jnp.concatenate(losses)), records_of(records)
-        return jax.jit(scanned, donate_argnums=0)
 
     # one dispatch per step; the batch is sliced inside the jitted step, not eagerly
     def at(step_fn):
@@ -385,14 +383,24 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
         losses, records = [], []
         for i in range(steps):
             if recorded_steps is not None and i % every == 0:
-                with_hist = i in (0, last)
+                with_hist = i == last
                 state, metrics = (recorded_hist_at if with_hist else recorded_at)(state, xb, yb, i)
                 records.append(jax.tree_util.tree_map(lambda a: a[None], metrics["diagnostics"]))
             else:
                 state, metrics = step_at(state, xb, yb, i)
             losses.append(metrics["loss"])
         return state, jnp.mean(jnp.stack(losses)), records_of(records) if records else None
-    return looped
+
+    if recorded_steps is not None:
+        def first_record(state, x, y, epoch):
+            """The histograms the epoch's step 0 records (its update is not kept)."""
+            xb, yb = batches(x, y, epoch)
+            m = jax.jit(recorded_hist)(state, xb[0], yb[0])[1]["diagnostics"]
+            return {"step": m["step"], **{k: m["stats"][k] for k in ("act_hist", "grad_hist")}}
+        run = jax.jit(scanned, donate_argnums=0) if scan else looped
+        run.first_record = first_record
+        return run
+    return jax.jit(scanned, donate_argnums=0) if scan else looped
 
 
 def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_data, *,
@@ -520,6 +528,9 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     for epoch in bar:
         t0 = time.perf_counter()
         records = recorder is not None and _records_in(epoch, n // batch, diagnostics_every)
+        if records and "first" not in recorder.d["hist"]:
+            recorder.set_hist("first", jax.device_get(
+                run_recorded_epoch.first_record(state, x, y, epoch)))
         state, train_loss, diag = (run_recorded_epoch if records else run_epoch)(state, x, y,
                                                                                 epoch)
         train_loss = float(train_loss)
@@ -599,8 +610,6 @@ def _record(recorder: _diagnostics.Recorder, records) -> None:
     for i, step in enumerate(records["step"]):
         recorder.add(step, {k: records["stats"][k][i] for k in _diagnostics.SCALARS},
                      records["update_ratio"][i])
-    if "first" not in recorder.d["hist"]:
-        recorder.set_hist("first", records["first"])
     recorder.set_hist("last", records["last"])
 
 

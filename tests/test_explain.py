@@ -208,3 +208,32 @@ def test_bad_diagnostics_every(bad):
     with pytest.raises(ValueError, match="diagnostics_every must be a positive int"):
         fit(DIAG_NET, losses.softmax_cross_entropy, gd(0.1), (x, y), epochs=1,
             diagnostics_every=bad, progress=False)
+
+
+# --- the command line ------------------------------------------------------------------------
+
+def test_cli_explain_prints_the_table_and_the_initial_loss_check(capsys):
+    import fbp.cli
+
+    assert fbp.cli.main(["explain", "--data", "digits", "--hidden", "16,8",
+                         "--activation", "tanh", "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "serial[1] tanh" in out and "serial[4] dense(10)" in out
+    assert "agree with jax.vjp" in out
+    assert "against ln C = ln 10 = 2.3026" in out
+
+
+@pytest.mark.standard_dtype_promotion
+def test_cli_train_writes_the_diagnostics(tmp_path, capsys):
+    import fbp.cli
+
+    out_dir = tmp_path / "diag"
+    assert fbp.cli.main(["train", "--data", "digits", "--hidden", "16", "--epochs", "2",
+                         "--no-progress", "--no-extras", "--diagnostics", str(out_dir),
+                         "--diagnostics-every", "5"]) == 0
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert {"activations.png", "gradients.png", "update_ratio.png", "grad_norms.png",
+            "graph.png"} <= set(names)
+    for name in names:
+        assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "diagnostics (" in capsys.readouterr().out
