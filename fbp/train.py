@@ -300,12 +300,13 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
     """One epoch: shuffle, cut into n // batch_size batches (the remainder waits for the next
     shuffle), and run the steps — as one `lax.scan` (one dispatch) or a Python loop.
 
-    With `recorded_steps` = (recorded step, the same with histograms) for diagnostics, the
-    epoch's steps 0, k, 2k, ... (k = `every`) are recorded and the others plain: the epoch
-    runs as chunks of one recorded step and k − 1 plain steps, so a plain step costs what
-    it costs without diagnostics; the epoch's last record also takes histograms
-    (`first_record` gives those of its first step, for the run's first histograms).
-    Returns (state, mean loss, the epoch's records or None)."""
+    With `recorded_steps` = (the recorded step, the same with histograms) for diagnostics,
+    the epoch's steps 0, k, 2k, ... (k = `every`) are recorded and the others are plain:
+    the epoch runs as chunks of one recorded step and k − 1 plain steps, so a plain step
+    costs what it costs without diagnostics. `run.snapshot(state, x, y, epoch)` gives the
+    histograms that the epoch's first step would record (its update is not kept).
+    Returns (state, mean loss, the epoch's records or None).
+    """
     steps = n // batch_size
     full_batch = batch_size == n
 
@@ -321,86 +322,77 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
             xb, yb = shard_batch(mesh, xb, axis=1), shard_batch(mesh, yb, axis=1)
         return xb, yb
 
-    if recorded_steps is not None:
-        recorded, recorded_hist = recorded_steps
-        starts = list(range(0, steps, every))  # one chunk per recorded step
-        last = starts[-1]
+    recorded, with_histograms = recorded_steps or (None, None)
 
-    def records_of(metrics_list):
-        """The epoch's records: scalars stacked; the histograms of its last record."""
-        kept = [{"stats": {k: m["stats"][k] for k in _diagnostics.SCALARS},
-                 "update_ratio": m["update_ratio"], "step": m["step"]} for m in metrics_list]
-        out = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *kept)
-        m = metrics_list[-1]
-        out["last"] = {"step": m["step"][0], **{k: jax.tree_util.tree_map(
-            lambda a: a[0], m["stats"][k]) for k in ("act_hist", "grad_hist")}}
-        return out
+    def packed(d):
+        """A step's diagnostics as three arrays: (4, layers) statistics, ratios, step."""
+        return (jnp.stack([d["stats"][k] for k in _diagnostics.SCALARS]), d["update_ratio"],
+                d["step"])
 
-    if scan:
-        def plain_steps(state, xb, yb):
-            return lax.scan(lambda s, b: step(s, *b), state, (xb, yb))
+    def plain_steps(state, xb, yb):
+        return lax.scan(lambda s, b: step(s, *b), state, (xb, yb))
 
-        def scanned(state, x, y, epoch):
-            xb, yb = batches(x, y, epoch)
-            if recorded_steps is None:
-                state, metrics = plain_steps(state, xb, yb)
-                return state, jnp.mean(metrics["loss"]), None
-            def one_chunk(state, start, stop, step_fn):  # a recorded step, then plain ones
-                state, m = step_fn(state, xb[start], yb[start])
-                state, plain = plain_steps(state, xb[start + 1:stop], yb[start + 1:stop])
-                return state, [m["loss"][None], plain["loss"]], [
-                    jax.tree_util.tree_map(lambda a: a[None], m["diagnostics"])]
+    def scanned(state, x, y, epoch):
+        xb, yb = batches(x, y, epoch)
+        if recorded is None:
+            state, metrics = plain_steps(state, xb, yb)
+            return state, jnp.mean(metrics["loss"]), None
 
-            # the chunks before the last in a scan; the last one takes histograms too
-            losses, records = [], []
-            if last:
-                def chunk(s, b):
-                    cx, cy = b
-                    s, m = recorded(s, cx[0], cy[0])
-                    s, plain = plain_steps(s, cx[1:], cy[1:])
-                    return s, (jnp.concatenate([m["loss"][None], plain["loss"]]),
-                               m["diagnostics"])
-                shape = (last // every, every)
+        def chunk(s, b):  # one recorded step, then plain ones
+            cx, cy = b
+            s, m = recorded(s, cx[0], cy[0])
+            s, plain = plain_steps(s, cx[1:], cy[1:])
+            return s, (jnp.concatenate([m["loss"][None], plain["loss"]]), packed(m["diagnostics"]))
+
+        full, rest = divmod(steps, every)
+        losses, records = [], []
+        for start, count, size in ((0, full, every), (full * every, 1 if rest else 0, rest)):
+            if count:
+                stop = start + count * size
+                shape = (count, size)
                 state, (chunk_losses, chunk_records) = lax.scan(chunk, state, (
-                    xb[:last].reshape(shape + xb.shape[1:]), yb[:last].reshape(shape + yb.shape[1:])))
+                    xb[start:stop].reshape(shape + xb.shape[1:]),
+                    yb[start:stop].reshape(shape + yb.shape[1:])))
                 losses.append(chunk_losses.reshape(-1))
                 records.append(chunk_records)
-            state, more_losses, more = one_chunk(state, last, steps, recorded_hist)
-            losses += more_losses
-            records += more
-            return state, jnp.mean(jnp.concatenate(losses)), records_of(records)
+        records = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *records)
+        return state, jnp.mean(jnp.concatenate(losses)), records
 
     # one dispatch per step; the batch is sliced inside the jitted step, not eagerly
     def at(step_fn):
         return jax.jit(lambda state, xb, yb, i: step_fn(state, xb[i], yb[i]), donate_argnums=0)
 
     step_at = at(step)
-    if recorded_steps is not None:
-        recorded_at, recorded_hist_at = at(recorded), at(recorded_hist)
+    recorded_at = at(recorded) if recorded is not None else None
 
     def looped(state, x, y, epoch):
         xb, yb = batches(x, y, epoch)
         losses, records = [], []
         for i in range(steps):
-            if recorded_steps is not None and i % every == 0:
-                with_hist = i == last
-                state, metrics = (recorded_hist_at if with_hist else recorded_at)(state, xb, yb, i)
-                records.append(jax.tree_util.tree_map(lambda a: a[None], metrics["diagnostics"]))
+            if recorded_at is not None and i % every == 0:
+                state, metrics = recorded_at(state, xb, yb, i)
+                records.append(packed(metrics["diagnostics"]))
             else:
                 state, metrics = step_at(state, xb, yb, i)
             losses.append(metrics["loss"])
-        return state, jnp.mean(jnp.stack(losses)), records_of(records) if records else None
+        stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *records) if records else None
+        return state, jnp.mean(jnp.stack(losses)), stacked
 
-    if recorded_steps is not None:
-        def first_record(state, x, y, epoch):
-            """The histograms the epoch's step 0 records (its update is not kept)."""
-            xb, yb = batches(x, y, epoch)
-            m = jax.jit(recorded_hist)(state, xb[0], yb[0])[1]["diagnostics"]
-            return {"step": m["step"], **{k: m["stats"][k] for k in ("act_hist", "grad_hist")}}
-        run = jax.jit(scanned, donate_argnums=0) if scan else looped
-        run.first_record = first_record
+    run = jax.jit(scanned, donate_argnums=0) if scan else looped
+    if recorded is None:
         return run
-    return jax.jit(scanned, donate_argnums=0) if scan else looped
+
+    @jax.jit
+    def snapshot_at(state, x, y, epoch):
+        xb, yb = batches(x, y, epoch)
+        d = with_histograms(state, xb[0], yb[0])[1]["diagnostics"]
+        return {"step": d["step"], **{k: d["stats"][k] for k in ("act_hist", "grad_hist")}}
+
+    def with_snapshot(state, x, y, epoch):
+        return run(state, x, y, epoch)
+
+    with_snapshot.snapshot = snapshot_at
+    return with_snapshot
 
 
 def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_data, *,
@@ -439,7 +431,8 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
       global step numbers: full-batch training records every k-th step), inside the
       compiled epoch, record per layer the output's mean, std and fraction saturated/zero, the norm
       of the gradient reaching it, and per weight leaf the update ratio ‖Δθ‖/‖θ‖, into
-      `history["diagnostics"]` (with histograms of the first and the last recorded step);
+      `history["diagnostics"]`, with histograms of the activations and gradients before
+      and after training (one pass each on the next batch, its update not kept);
       `fbp.plot.diagnostics` draws them. The other steps are the plain step. None
       (default): no recording at all.
     """
@@ -528,14 +521,14 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     for epoch in bar:
         t0 = time.perf_counter()
         records = recorder is not None and _records_in(epoch, n // batch, diagnostics_every)
-        if records and "first" not in recorder.d["hist"]:
+        if records and "first" not in recorder.d["hist"]:  # histograms before training
             recorder.set_hist("first", jax.device_get(
-                run_recorded_epoch.first_record(state, x, y, epoch)))
+                run_recorded_epoch.snapshot(state, x, y, epoch)))
         state, train_loss, diag = (run_recorded_epoch if records else run_epoch)(state, x, y,
                                                                                 epoch)
         train_loss = float(train_loss)
         if records:
-            _record(recorder, diag)
+            recorder.pending.append(diag)
         seconds = time.perf_counter() - t0
         if not (math.isfinite(train_loss) and _all_finite(state.params)):
             kept = f"; the checkpoint in {checkpoint_dir} is kept as it was" if ckpt_path else ""
@@ -568,11 +561,16 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         done = stop is not None or epoch + 1 == epochs
         if stop is not None:
             history["stopped"] = stop
+        if recorder is not None and done:  # histograms after training
+            recorder.set_hist("last", jax.device_get(
+                run_recorded_epoch.snapshot(state, x, y, epoch + 1)))
         if ckpt_path is not None and ((epoch + 1) % checkpoint_every == 0 or done):
+            _flush(recorder)
             _save(ckpt_path, epoch + 1, state, history, best, config)
         if stop is not None:
             break
     bar.close()
+    _flush(recorder)
     if patience is not None and best["params"] is not None:
         params, net_state = best["params"]
         state = state._replace(params=params, net_state=net_state)
@@ -603,14 +601,15 @@ def _records_in(epoch: int, steps: int, every: int) -> bool:
     return steps >= every or -(-first // every) * every < first + steps
 
 
-def _record(recorder: _diagnostics.Recorder, records) -> None:
-    """An epoch's records into the history (on the host, once per epoch); the histograms
-    of its last record become the run's "last" (and, in its first epoch, its "first")."""
-    records = jax.device_get(records)
-    for i, step in enumerate(records["step"]):
-        recorder.add(step, {k: records["stats"][k][i] for k in _diagnostics.SCALARS},
-                     records["update_ratio"][i])
-    recorder.set_hist("last", records["last"])
+def _flush(recorder: _diagnostics.Recorder | None) -> None:
+    """The epochs' records, kept on the device as they came, into the history (plain data):
+    once before a checkpoint is written and once at the end, not after every epoch."""
+    if recorder is None or not recorder.pending:
+        return
+    for stats, ratios, steps in jax.device_get(recorder.pending):
+        for i, step in enumerate(steps):
+            recorder.add(step, dict(zip(_diagnostics.SCALARS, stats[i])), ratios[i])
+    recorder.pending.clear()
 
 
 def _save(path: Path, epoch: int, state: TrainState, history, best, config) -> None:

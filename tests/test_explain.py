@@ -157,7 +157,7 @@ def test_diagnostics_equal_the_statistics_computed_outside(epoch_mode):
                     for j in (0, 2, 4)]
             np.testing.assert_allclose(d["update_ratio"][d["step"].index(t)], want, rtol=1e-8)
     first, last = d["hist"]["first"], d["hist"]["last"]
-    assert first["step"] == 0 and last["step"] == 6
+    assert first["step"] == 0 and last["step"] == 7  # before and after the 7 steps
     assert [sum(h["counts"]) for h in last["act"]] == [48 * 16, 48 * 16, 48 * 8, 48 * 8, 48 * 3]
 
 
