@@ -26,7 +26,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from safetensors import safe_open
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: no notebook-widget warnings
 
 from fbp import _diagnostics, _tape, checkpoint
 from fbp._layer import Layer, Params, State, fwd_with_state, init_with_state, stateful_layers

@@ -58,6 +58,9 @@ def test_backprop_ninja_notebook_runs(tmp_path, monkeypatch):
     for var in ("JAX_ENABLE_X64", "JAX_NUMPY_RANK_PROMOTION", "JAX_NUMPY_DTYPE_PROMOTION",
                 "JAX_DEFAULT_MATMUL_PRECISION"):
         monkeypatch.delenv(var, raising=False)  # the notebook runs on jax's defaults
+    # no user IPython profile or startup files; connection files in the tmp dir
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     work = tmp_path / "run"
     work.mkdir()
     client = NotebookClient(nb, km=_kernel_manager(tmp_path / "kernels"), kernel_name="python3",
