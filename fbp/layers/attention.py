@@ -17,6 +17,7 @@ from fbp._layer import (
     child_fwd,
     default_float_dtype,
 )
+from fbp.layers import _chunked
 from fbp.layers.activations import gelu
 from fbp.layers.combinators import residual, serial
 from fbp.layers.dense import dense
@@ -39,7 +40,7 @@ def _check_bsd(name: str, shape) -> None:
                          f"got shape {tuple(shape)}")
 
 
-def multi_head_attention(num_heads: int, *, causal: bool = False,
+def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: int | None = None,
                          w_init=jax.nn.initializers.glorot_uniform(),
                          b_init=jax.nn.initializers.zeros) -> Layer:
     """Self-attention over x (B, T, d) with h = num_heads heads of width d_h = d / h.
@@ -63,11 +64,22 @@ def multi_head_attention(num_heads: int, *, causal: bool = False,
         ∂Q = ∂S K / √d_h,   ∂K = ∂Sᵀ Q / √d_h
         ∂W_z = xᵀ ∂Z  for Z = Q, K, V;   ∂b_q = Σ ∂Q,  ∂b_v = Σ ∂V            (dense)
         ∂x = ∂Q W_qᵀ + ∂K W_kᵀ + ∂V W_vᵀ   (x feeds all three projections)
+
+    chunk_size=c: the same function and gradients, but P is never formed whole. The forward
+    runs an online softmax over blocks of c keys and keeps only O and the per-row
+    log-sum-exp; the backward recomputes each (c × c) block of P from them (FlashAttention;
+    see `fbp.layers._chunked`). Memory O(T·c) instead of O(T²); with `causal`, the blocks
+    above the diagonal are skipped. T need not be a multiple of c.
     """
     if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads <= 0:
         raise ValueError(f"multi_head_attention: num_heads must be a positive int, "
                          f"got {num_heads!r}")
-    name = f"multi_head_attention({num_heads}{', causal' if causal else ''})"
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool)
+                                   or chunk_size <= 0):
+        raise ValueError(f"multi_head_attention: chunk_size must be a positive int or None, "
+                         f"got {chunk_size!r}")
+    name = (f"multi_head_attention({num_heads}{', causal' if causal else ''}"
+            f"{f', chunk_size={chunk_size}' if chunk_size else ''})")
 
     def init(key, input_shape):
         input_shape = check_shape(name, input_shape)
@@ -97,7 +109,9 @@ def multi_head_attention(num_heads: int, *, causal: bool = False,
         b, t, d = a.shape
         return a.reshape(b, t, num_heads, d // num_heads)
 
-    # fwd :: (P, X) -> (Y, res = (x, Q, K, V, P, O))   (Q, K, V, O split in heads)
+    # fwd :: (P, X) -> (Y, res)   (Q, K, V, O split in heads)
+    #   dense:   res = (x, Q, K, V, P, O)
+    #   chunked: res = (x, O, lse)   — O(T) per head: no P, and Q, K, V recomputed from x
     def fwd(params, x, *, key=None, train=False):
         del key, train
         w_q = params.get("w_q") if isinstance(params, dict) else None
@@ -109,6 +123,9 @@ def multi_head_attention(num_heads: int, *, causal: bool = False,
         _check_heads(name, d, num_heads)
         scale = 1 / math.sqrt(d // num_heads)
         q, k, v = (heads(project(params, z, x)) for z in "qkv")
+        if chunk_size:
+            o, lse = _chunked.forward(q * scale, k, v, chunk=chunk_size, causal=causal)
+            return project(params, "o", o.reshape(x.shape)), (x, o, lse)
         s = jnp.einsum("bihe,bjhe->bhij", q, k) * scale
         if causal:
             t = x.shape[1]
@@ -121,7 +138,7 @@ def multi_head_attention(num_heads: int, *, causal: bool = False,
 
     # bwd :: (P, res, CT Y) -> (CT P, CT X)
     def bwd(params, res, g):
-        x, q, k, v, p, o = res
+        x = res[0]
         b, t, d = x.shape
         scale = 1 / math.sqrt(d // num_heads)
 
@@ -129,13 +146,23 @@ def multi_head_attention(num_heads: int, *, causal: bool = False,
             """(B, T, ...) -> (B·T, d): one row per position, as dense sees them."""
             return a.reshape(b * t, d)
 
+        if chunk_size:
+            _, o, lse = res
+            q, k, v = (heads(project(params, z, x)) for z in "qkv")  # recomputed
+        else:
+            _, q, k, v, p, o = res
         grads = {"w_o": rows(o).T @ rows(g), "b_o": rows(g).sum(axis=0)}
         do = heads(g @ params["w_o"].T)
-        dv = jnp.einsum("bhij,bihe->bjhe", p, do)                 # Pᵀ ∂O
-        dp = jnp.einsum("bihe,bjhe->bhij", do, v)                 # ∂O Vᵀ
-        ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))  # softmax VJP
-        dq = jnp.einsum("bhij,bjhe->bihe", ds, k) * scale         # ∂S K / √d_h
-        dk = jnp.einsum("bhij,bihe->bjhe", ds, q) * scale         # ∂Sᵀ Q / √d_h
+        if chunk_size:  # the blocks of P recomputed from lse, one at a time
+            dq, dk, dv = _chunked.backward(q * scale, k, v, o, lse, do, chunk=chunk_size,
+                                           causal=causal)
+            dq = dq * scale
+        else:
+            dv = jnp.einsum("bhij,bihe->bjhe", p, do)                 # Pᵀ ∂O
+            dp = jnp.einsum("bihe,bjhe->bhij", do, v)                 # ∂O Vᵀ
+            ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))  # softmax VJP
+            dq = jnp.einsum("bhij,bjhe->bihe", ds, k) * scale         # ∂S K / √d_h
+            dk = jnp.einsum("bhij,bihe->bjhe", ds, q) * scale         # ∂Sᵀ Q / √d_h
         dx = jnp.zeros_like(x)
         for z, dz in zip("qkv", (dq, dk, dv)):
             grads[f"w_{z}"] = rows(x).T @ rows(dz)
@@ -148,7 +175,7 @@ def multi_head_attention(num_heads: int, *, causal: bool = False,
 
 
 def transformer_block(num_heads: int, mlp_ratio: int = 4, causal: bool = False,
-                      dropout: float = 0.0) -> Layer:
+                      dropout: float = 0.0, chunk_size: int | None = None) -> Layer:
     """Pre-LN transformer block on (B, T, d):
 
         h = x + MHA(LN₁(x))
@@ -165,10 +192,12 @@ def transformer_block(num_heads: int, mlp_ratio: int = 4, causal: bool = False,
     """
     if not isinstance(mlp_ratio, int) or isinstance(mlp_ratio, bool) or mlp_ratio <= 0:
         raise ValueError(f"transformer_block: mlp_ratio must be a positive int, got {mlp_ratio!r}")
-    attention = multi_head_attention(num_heads, causal=causal)  # checks num_heads
+    attention = multi_head_attention(num_heads, causal=causal,
+                                     chunk_size=chunk_size)  # checks num_heads, chunk_size
     drop = dropout_layer(dropout) if dropout else None  # checks the rate
     name = (f"transformer_block({num_heads}, mlp_ratio={mlp_ratio}"
-            f"{', causal' if causal else ''}{f', dropout={dropout}' if dropout else ''})")
+            f"{', causal' if causal else ''}{f', dropout={dropout}' if dropout else ''}"
+            f"{f', chunk_size={chunk_size}' if chunk_size else ''})")
 
     def branch(*layers) -> Layer:
         return residual(serial(*layers, drop) if drop else serial(*layers))
