@@ -98,6 +98,15 @@ def _attention(rng):
     return layer, _seq(rng, heads * int(rng.integers(1, 3))), False
 
 
+def _chunked_attention(rng):
+    """T from 1 to 9 against chunks of 1 to 4: most T are no multiple of the chunk."""
+    heads = int(rng.integers(1, 3))
+    layer = L.multi_head_attention(heads, causal=bool(rng.integers(2)),
+                                   chunk_size=int(rng.integers(1, 5)))
+    return layer, (int(rng.integers(1, 3)), int(rng.integers(1, 10)),
+                   heads * int(rng.integers(1, 3))), False
+
+
 CASES.update({
     "conv2d": _conv2d,
     "max_pool": _pool(L.max_pool),
@@ -105,6 +114,7 @@ CASES.update({
     "global_avg_pool": lambda rng: (L.global_avg_pool(), _image(rng), False),
     "layer_norm": lambda rng: (L.layer_norm(), _seq(rng, int(rng.integers(3, 9))), False),
     "multi_head_attention": _attention,
+    "multi_head_attention_chunked": _chunked_attention,
     "positional_embedding": lambda rng: (L.positional_embedding(int(rng.integers(5, 9))),
                                          _seq(rng, int(rng.integers(1, 7))), False),
     # a batch of 3 or more: with 2, x̂ = ±1 and ∂L/∂x vanishes up to ε, so a relative error
