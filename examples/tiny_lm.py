@@ -79,10 +79,15 @@ def generate(net, params, prompt: str, chars: list[str], length: int, seq_len: i
 
 def main(epochs: int = 4, progress: bool = True, seed: int = 0, seq_len: int = 32,
          d_model: int = 64, stride: int = 1, sample_length: int = 200,
-         prompt: str = "Alice was ") -> dict:
+         prompt: str = "Alice was ", fused_head: bool = False,
+         chunk_size: int | None = None) -> dict:
     """Train on every `stride`-th window of the first 90% of the text; return the unigram
     `baseline`, the final `train_loss` and `val_loss` (nats per character), a generated
-    `sample`, the fit `history` and `state`."""
+    `sample`, the fit `history` and `state`.
+
+    fused_head: the last layer is `linear_softmax_head(vocab)` and the loss
+    `fused_softmax_cross_entropy(head)`, so training never forms the (tokens × vocab)
+    logits. chunk_size: the attention runs over key blocks of that size (flash-style)."""
     text = load_text()
     chars = sorted(set(text))
     vocab = len(chars)
@@ -96,10 +101,13 @@ def main(epochs: int = 4, progress: bool = True, seed: int = 0, seq_len: int = 3
           f"{seq_len}, validation on the last {len(val_ids)} characters")
     print(f"unigram baseline (entropy of the character distribution): {baseline:.3f} nats")
 
+    head = L.linear_softmax_head(vocab) if fused_head else L.dense(vocab)
     net = L.serial(L.embedding(vocab, d_model), L.positional_embedding(seq_len), L.dropout(0.2),
-                   L.transformer_block(4, causal=True), L.transformer_block(4, causal=True),
-                   L.layer_norm(), L.dense(vocab))
-    loss = losses.softmax_cross_entropy
+                   L.transformer_block(4, causal=True, chunk_size=chunk_size),
+                   L.transformer_block(4, causal=True, chunk_size=chunk_size),
+                   L.layer_norm(), head)
+    loss = (losses.fused_softmax_cross_entropy(head) if fused_head
+            else losses.softmax_cross_entropy)
     batch_size = 32
     steps = epochs * (len(x_tr) // batch_size)
     schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-3, min(100, steps // 10), steps)
@@ -107,8 +115,8 @@ def main(epochs: int = 4, progress: bool = True, seed: int = 0, seq_len: int = 3
     state, history = fit(net, loss, optimizer, (x_tr, y_tr), epochs=epochs,
                          batch_size=batch_size, grad="manual", seed=seed,
                          val_data=(x_val, y_val), progress=progress)
-    train = evaluate(net, loss, state.params, x_tr, y_tr)
-    val = evaluate(net, loss, state.params, x_val, y_val)
+    train = evaluate(net, loss, state, x_tr, y_tr)
+    val = evaluate(net, loss, state, x_val, y_val)
     print(f"after {epochs} epoch(s), {steps} steps: train loss {train['loss']:.3f}, "
           f"validation loss {val['loss']:.3f} nats/char (unigram baseline {baseline:.3f})")
     sample = generate(net, state.params, prompt, chars, sample_length, seq_len, seed=seed)
@@ -118,4 +126,13 @@ def main(epochs: int = 4, progress: bool = True, seed: int = 0, seq_len: int = 3
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--fused-head", action="store_true",
+                        help="train through the fused linear + cross-entropy head: no logits")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="chunked (flash-style) attention over key blocks of this size")
+    args = parser.parse_args()
+    main(epochs=args.epochs, fused_head=args.fused_head, chunk_size=args.chunk_size)

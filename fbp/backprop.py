@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fbp._layer import Layer, Params, fwd_with_state, stateful_layers
 from fbp.losses import Loss
@@ -139,6 +140,7 @@ def training_pass(net: Layer, loss: Loss, *, grad: str = "manual",
         raise ValueError(f"grad must be 'manual' (hand-written backprop) or 'auto' (jax.grad), "
                          f"got {grad!r}")
     low = compute_dtype(precision)
+    fused = _fused_pass(net, loss, low, l2, with_dx) if getattr(loss, "head", None) else None
 
     def forward(params, x, y, key, train, state):
         pred, res, new_state = fwd_with_state(net, _to(low, params), _to(low, x), key=key,
@@ -163,14 +165,60 @@ def training_pass(net: Layer, loss: Loss, *, grad: str = "manual",
             if l2:
                 value = value + l2_penalty(params, l2)[0].astype(value.dtype)
             return value, new_state
-        if not with_dx:
+        if not with_dx or not jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact):
             (value, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params, x)
+            if with_dx:  # integer x (token ids): no gradient, a float0 zero as jax.vjp gives
+                return value, grads, new_state, np.zeros(jnp.shape(x), jax.dtypes.float0)
             return value, grads, new_state
         (value, new_state), (grads, dx) = jax.value_and_grad(
             objective, argnums=(0, 1), has_aux=True)(params, x)
         return value, grads, new_state, dx
 
+    if grad == "manual" and fused is not None:
+        return fused
     return manual if grad == "manual" else auto
+
+
+def _fused_pass(net: Layer, loss, low, l2: float, with_dx: bool) -> Callable:
+    """The manual training pass of `serial(..., head)` with `fused_softmax_cross_entropy(head)`:
+    the net up to the head, then the fused linear + cross-entropy on (h, W, labels), in
+    vocabulary chunks; the logits (tokens × vocab) are never formed."""
+    from fbp.fused import linear_softmax_cross_entropy_bwd, linear_softmax_cross_entropy_fwd
+    from fbp.layers.combinators import serial
+
+    if net.kind != "serial" or not net.children or net.children[-1] is not loss.head:
+        raise ValueError(f"{loss.name}: the net must be a serial(...) whose last layer is this "
+                         f"loss's head {loss.head.name}; got {net.name}")
+    body = serial(*net.children[:-1]) if len(net.children) > 1 else None
+    chunk = loss.chunk_size
+
+    def fused(params, x, y, *, key=None, train=True, state=None):
+        p = _to(low, params)
+        h, res, new_state = (x, None, state) if body is None else fwd_with_state(
+            body, p[:-1], _to(low, x), key=key, train=train,
+            state=state[:-1] if body.stateful else None)
+        w = p[-1]["w"]
+        rows, labels = h.reshape(-1, h.shape[-1]), jnp.asarray(y).reshape(-1)
+        wide = rows.dtype if low is None else jnp.float32  # the loss in float32 under bf16
+        value, loss_res = linear_softmax_cross_entropy_fwd(rows.astype(wide), w.astype(wide),
+                                                           labels, chunk_size=chunk)
+        d_rows, d_w = linear_softmax_cross_entropy_bwd(loss_res, jnp.ones_like(value),
+                                                       chunk_size=chunk)
+        dh = d_rows.reshape(h.shape).astype(h.dtype)
+        body_grads, dx = ((), dh) if body is None else body.bwd(p[:-1], res, dh)
+        grads = (*body_grads, {"w": d_w})
+        grads = jax.tree_util.tree_map(lambda d, p: d.astype(p.dtype), grads, params)
+        if l2:
+            penalty, d_penalty = l2_penalty(params, l2)
+            value = value + penalty.astype(value.dtype)
+            grads = jax.tree_util.tree_map(jnp.add, grads, d_penalty)
+        if net.stateful:
+            new_state = (*new_state, {})
+        else:
+            new_state = {}
+        return (value, grads, new_state, dx) if with_dx else (value, grads, new_state)
+
+    return fused
 
 
 def _full(pred, low):

@@ -7,6 +7,7 @@ exists at any time:
 
     linear_softmax_cross_entropy_fwd(x, w, labels) -> (L, res)
     linear_softmax_cross_entropy_bwd(res, g)       -> (∂x, ∂W)          # hand-written
+                                                      (the same chunk_size for both)
     linear_softmax_cross_entropy(x, w, labels)     -> L, with ∂x, ∂W under jax.grad
                                                       given by the bwd above
 """
@@ -56,7 +57,7 @@ def _chunk_logits(x, w_padded, i, c, vocab):
     return x @ w_c, w_c, cols, cols < vocab
 
 
-# fwd :: (X, W, labels) -> (L, res = (x, w, labels, lse, chunk_size))
+# fwd :: (X, W, labels) -> (L, res = (x, w, labels, lse))
 def linear_softmax_cross_entropy_fwd(x, w, labels, *, chunk_size: int = 1024):
     """L = (1/T) Σ_t [lse_t − z_t,y_t],  z = x W,  lse_t = log Σ_v e^{z_tv}.
 
@@ -82,16 +83,16 @@ def linear_softmax_cross_entropy_fwd(x, w, labels, *, chunk_size: int = 1024):
             jnp.zeros((tokens,), x.dtype))
     (m, s, z_label), _ = lax.scan(step, init, jnp.arange(n, dtype=jnp.int32))
     lse = m + jnp.log(s)
-    return jnp.mean(lse - z_label), (x, w, labels, lse, chunk_size)
+    return jnp.mean(lse - z_label), (x, w, labels, lse)
 
 
 # bwd :: (res, CT L) -> (CT X, CT W)
-def linear_softmax_cross_entropy_bwd(res, g):
+def linear_softmax_cross_entropy_bwd(res, g, *, chunk_size: int = 1024):
     """∂z = g (p − onehot(y)) / T with p = e^{z − lse}, chunk by chunk (z recomputed):
 
         ∂x += ∂z_chunk W_chunkᵀ,     ∂W_chunk = xᵀ ∂z_chunk.
     """
-    x, w, labels, lse, chunk_size = res
+    x, w, labels, lse = res
     tokens, vocab = x.shape[0], w.shape[1]
     w_padded, n, c = _chunks(w, chunk_size)
 
@@ -116,13 +117,11 @@ def _fused(x, w, labels, chunk_size):
 
 
 def _fused_fwd(x, w, labels, chunk_size):
-    value, (x, w, labels, lse, _) = linear_softmax_cross_entropy_fwd(
-        x, w, labels, chunk_size=chunk_size)
-    return value, (x, w, labels, lse)
+    return linear_softmax_cross_entropy_fwd(x, w, labels, chunk_size=chunk_size)
 
 
 def _fused_bwd(chunk_size, saved, g):
-    dx, dw = linear_softmax_cross_entropy_bwd((*saved, chunk_size), g)
+    dx, dw = linear_softmax_cross_entropy_bwd(saved, g, chunk_size=chunk_size)
     return dx, dw, None  # integer labels: no cotangent
 
 

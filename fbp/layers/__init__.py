@@ -18,6 +18,7 @@ from fbp.layers.combinators import parallel, residual, serial
 from fbp.layers.conv import conv2d
 from fbp.layers.dense import dense
 from fbp.layers.embedding import embedding, positional_embedding
+from fbp.layers.head import linear_softmax_head
 from fbp.layers.normalization import layer_norm
 from fbp.layers.pooling import avg_pool, global_avg_pool, max_pool
 from fbp.layers.reshape import dropout, flatten
@@ -28,5 +29,5 @@ __all__ = [
     "softmax", "log_softmax", "flatten", "dropout", "serial", "residual", "parallel",
     "conv2d", "max_pool", "avg_pool", "global_avg_pool", "layer_norm", "embedding",
     "positional_embedding", "multi_head_attention", "transformer_block", "batch_norm",
-    "from_function", "remat",
+    "from_function", "remat", "linear_softmax_head",
 ]
