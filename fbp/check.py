@@ -386,7 +386,15 @@ def builtin_cases():
             L.positional_embedding(4), L.transformer_block(2, mlp_ratio=2, causal=True),
             L.dense(5)),
          losses.softmax_cross_entropy, (2, 3, 4), token_labels(3, 5), False),
+        ("transformer_block (causal, chunked attention)", L.serial(
+            L.transformer_block(2, mlp_ratio=2, causal=True, chunk_size=2), L.dense(5)),
+         losses.softmax_cross_entropy, (2, 5, 4), token_labels(5, 5), False),
     ]
+    head = L.linear_softmax_head(7)
+    cases.append(("linear_softmax_head + fused_softmax_cross_entropy",
+                  L.serial(L.dense(6), L.tanh(), head),
+                  losses.fused_softmax_cross_entropy(head, chunk_size=3), (6, 4), labels(7),
+                  False))
     return cases
 
 
