@@ -21,6 +21,14 @@ def test_tiny_lm_smoke():
     assert isinstance(out["sample"], str) and len(out["sample"]) == 20
 
 
+@pytest.mark.slow  # compiling two chunked transformer blocks: ~20-50 s on 2 cores
+def test_tiny_lm_with_the_fused_head_and_chunked_attention():
+    out = load("tiny_lm").main(epochs=1, stride=16, sample_length=5, progress=False,
+                               fused_head=True, chunk_size=8)
+    assert out["val_loss"] < out["baseline"]
+    assert out["history"]["train_loss"][0] < 10
+
+
 def test_tiny_lm_text_and_data():
     lm = load("tiny_lm")
     text = lm.load_text()
