@@ -8,7 +8,13 @@ A loss has the same two halves as a layer:
 and is called like a function: `loss(pred, target)`. Every loss is a mean, so its
 size does not grow with the batch: over all elements for `mse`, `huber` and
 `binary_cross_entropy`, over the rows (all axes but the class axis) for
-`softmax_cross_entropy`.
+`softmax_cross_entropy`, over the rows whose label is not `ignore_index` for
+`softmax_cross_entropy_with_ignore(ignore_index)` (padding tokens).
+
+Label values are checked where they are on the host: a NumPy (or list) target is checked
+by the loss itself, and `fit`/`evaluate` check their data before anything runs. A
+`jax.Array` target is never read back to the host (no device round trip, eagerly or under
+`jit`); an out-of-range integer label in it makes the loss NaN (see `softmax_cross_entropy`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fbp.fused import linear_softmax_cross_entropy
 
@@ -27,11 +34,16 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Loss:
-    """A loss: `fwd`, its hand-written `bwd`, and `__call__` for the value alone."""
+    """A loss: `fwd`, its hand-written `bwd`, and `__call__` for the value alone.
+
+    ignore_index: for a loss of integer labels, the label that marks padding (it counts in
+    neither the loss nor `evaluate`'s accuracy, and `fit` lets it through); None: none.
+    """
 
     name: str
     fwd: Callable[[Array, Array], tuple[Array, Any]]
     bwd: Callable[[Any, Array], Array]
+    ignore_index: int | None = None
 
     def __call__(self, pred: Array, target: Array) -> Array:
         return self.fwd(pred, target)[0]
@@ -109,50 +121,78 @@ huber = huber_loss(1.0)
 
 # --- softmax cross-entropy ----------------------------------------------------------------
 
-def _ce_targets(name: str, logits, target) -> Array:
-    """Integer labels (shape = logits.shape[:-1]) or a distribution (shape = logits.shape)."""
+def _ce_targets(name: str, logits, target, ignore_index: int | None = None) -> Array:
+    """Integer labels (shape = logits.shape[:-1]) or a distribution (shape = logits.shape).
+
+    Label values are checked only when they are on the host (NumPy, lists): reading a
+    jax.Array's values would cost a device round trip eagerly, and cannot be done under jit.
+    """
     _check_pred(name, logits)
-    target = jnp.asarray(target)
+    on_host = not isinstance(target, jax.Array)  # numpy, lists, scalars; never a tracer
+    target = np.asarray(target) if on_host else target
     n_classes = logits.shape[-1]
     if jnp.issubdtype(target.dtype, jnp.integer) and target.shape != logits.shape:
         if target.shape != logits.shape[:-1]:
             raise ValueError(f"{name}: integer labels must have shape logits.shape[:-1] = "
                              f"{tuple(logits.shape[:-1])}, got {tuple(target.shape)}")
-        try:  # concrete labels are checked here; traced ones cannot be (see _ce_fwd)
-            lo, hi = int(target.min()), int(target.max())
-        except jax.errors.ConcretizationTypeError:
-            lo, hi = 0, 0
-        if target.size and (lo < 0 or hi >= n_classes):
-            raise ValueError(f"{name}: labels must lie in [0, {n_classes}), got labels "
-                             f"from {lo} to {hi}")
-        return target
+        if on_host:
+            check_labels(name, target, n_classes, ignore_index)
+        return jnp.asarray(target)
+    if ignore_index is not None:
+        raise ValueError(f"{name}: expected integer labels of shape "
+                         f"{tuple(logits.shape[:-1])} (ignore_index needs labels), got "
+                         f"{target.dtype} of shape {tuple(target.shape)}")
     if target.shape != logits.shape:
         raise ValueError(f"{name}: expected integer labels of shape {tuple(logits.shape[:-1])} "
                          f"or one-hot/soft targets of shape {tuple(logits.shape)}, "
                          f"got {target.dtype} of shape {tuple(target.shape)}")
-    return target.astype(logits.dtype)  # one-hot (integer or float) or soft targets
+    return jnp.asarray(target).astype(logits.dtype)  # one-hot (integer or float) or soft targets
 
 
+def check_labels(name: str, labels: np.ndarray, n_classes: int,
+                 ignore_index: int | None = None) -> None:
+    """ValueError unless every label (on the host) lies in [0, n_classes) or is ignore_index."""
+    labels = np.asarray(labels)
+    bad = (labels < 0) | (labels >= n_classes)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    if bad.any():
+        allowed = f" or be ignore_index={ignore_index}" if ignore_index is not None else ""
+        found = labels[bad]
+        raise ValueError(f"{name}: labels must lie in [0, {n_classes}){allowed}; "
+                         f"{found.size} of {labels.size} do not (from {found.min()} to "
+                         f"{found.max()})")
+
+
+def _pick_nll(log_p, target):
+    """−log p[t] per row; NaN where t is outside [0, C) (a negative label too)."""
+    n_classes = log_p.shape[-1]
+    valid = (target >= 0) & (target < n_classes)
+    picked = jnp.take_along_axis(log_p, jnp.clip(target, 0, n_classes - 1)[..., None],
+                                 axis=-1)[..., 0]
+    return -jnp.where(valid, picked, jnp.nan)
+
+
+# fwd :: (Z, T) -> (L, res = (log p, T))
 def _ce_fwd(logits, target):
     """L = −(1/B) Σ_b Σ_c t_bc log softmax(z_b)_c, with log softmax(z) = z − max z − log Σ e^{z − max z}.
 
-    Integer labels t_b pick one term: −log softmax(z_b)_{t_b}. Under jit a label outside
-    [0, C) cannot be refused; it then adds nothing to L nor to the gradient (fit refuses
-    such labels before training).
+    Integer labels t_b pick one term: −log softmax(z_b)_{t_b}. A label outside [0, C)
+    (negative ones too) is refused when the labels are NumPy (and by fit/evaluate); in a
+    jax.Array, where it is not checked, it makes L NaN — loud, as optax's loss and an
+    embedding's out-of-range row are — and its row gets the gradient jax.grad gives for
+    this forward: zero. Padding to leave out: `softmax_cross_entropy_with_ignore`.
     """
     target = _ce_targets("softmax_cross_entropy", logits, target)
     log_p = jax.nn.log_softmax(logits, axis=-1)
     if jnp.issubdtype(target.dtype, jnp.integer):
-        n_classes = logits.shape[-1]
-        valid = (target >= 0) & (target < n_classes)
-        picked = jnp.take_along_axis(log_p, jnp.clip(target, 0, n_classes - 1)[..., None],
-                                     axis=-1)[..., 0]
-        nll = -jnp.where(valid, picked, 0)
+        nll = _pick_nll(log_p, target)
     else:
         nll = -jnp.sum(target * log_p, axis=-1)
     return jnp.mean(nll), (log_p, target)
 
 
+# bwd :: (res, CT L) -> CT Z
 def _ce_bwd(res, g):
     """∂L/∂z_b = (softmax(z_b) Σ_c t_bc − t_b) / B   (= (p − t)/B for a one-hot or a distribution)."""
     log_p, target = res
@@ -164,6 +204,47 @@ def _ce_bwd(res, g):
 
 
 softmax_cross_entropy = Loss("softmax_cross_entropy", _ce_fwd, _ce_bwd)
+
+
+def softmax_cross_entropy_with_ignore(ignore_index: int = -100) -> Loss:
+    """Cross-entropy of integer labels that leaves out the rows labelled `ignore_index`
+    (padding tokens): the mean is over the N kept rows only.
+
+        m_b = [t_b ≠ ignore_index],   N = max(Σ_b m_b, 1),
+        L = −(1/N) Σ_b m_b log softmax(z_b)_{t_b}          (L = 0 when every row is padding)
+    Backward:
+        ∂L/∂z_b = m_b (softmax(z_b) − onehot(t_b)) / N     (zero rows for the padding)
+
+    `ignore_index` may be any int, a class id too (e.g. a pad token 0), which then never
+    counts. Any other label outside [0, C) is refused when the labels are NumPy (and by
+    fit/evaluate); in a jax.Array it makes L NaN, as in `softmax_cross_entropy`.
+    `evaluate`'s accuracy leaves the same rows out.
+    """
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise ValueError(f"softmax_cross_entropy_with_ignore: ignore_index must be an int, "
+                         f"got {ignore_index!r}")
+    ignore_index = int(ignore_index)
+    name = f"softmax_cross_entropy(ignore_index={ignore_index})"
+
+    # fwd :: (Z, labels) -> (L, res = (log p, labels))
+    def fwd(logits, labels):
+        labels = _ce_targets(name, logits, labels, ignore_index)
+        log_p = jax.nn.log_softmax(logits, axis=-1)
+        keep = labels != ignore_index
+        nll = jnp.where(keep, _pick_nll(log_p, jnp.where(keep, labels, 0)), 0)
+        n = jnp.maximum(jnp.sum(keep), 1).astype(log_p.dtype)
+        return jnp.sum(nll) / n, (log_p, labels)
+
+    # bwd :: (res, CT L) -> CT Z
+    def bwd(res, g):
+        log_p, labels = res
+        keep = labels != ignore_index
+        n = jnp.maximum(jnp.sum(keep), 1).astype(log_p.dtype)
+        # one_hot of a padding label (sent to −1) or of an out-of-range one is all zeros
+        t = jax.nn.one_hot(jnp.where(keep, labels, -1), log_p.shape[-1], dtype=log_p.dtype)
+        return g * (jnp.exp(log_p) * jnp.sum(t, axis=-1, keepdims=True) - t) / n
+
+    return Loss(name, fwd, bwd, ignore_index=ignore_index)
 
 
 # --- binary cross-entropy from logits -----------------------------------------------------
@@ -185,5 +266,6 @@ def _bce_bwd(res, g):
 binary_cross_entropy = Loss("binary_cross_entropy", _bce_fwd, _bce_bwd)
 
 
-__all__ = ["Loss", "mse", "huber", "huber_loss", "softmax_cross_entropy", "binary_cross_entropy",
+__all__ = ["Loss", "mse", "huber", "huber_loss", "softmax_cross_entropy",
+           "softmax_cross_entropy_with_ignore", "binary_cross_entropy",
            "linear_softmax_cross_entropy"]

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,7 +32,8 @@ from tqdm import tqdm  # plain text bars: no notebook-widget warnings
 from fbp import _diagnostics, _tape, checkpoint
 from fbp._layer import Layer, Params, State, fwd_with_state, init_with_state, stateful_layers
 from fbp.backprop import _check_net_and_loss, compute_dtype, training_pass
-from fbp.losses import Loss
+from fbp.layers.embedding import check_token_ids
+from fbp.losses import Loss, check_labels
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -174,41 +176,95 @@ def _params_and_state(fn_name: str, net: Layer, params_or_state, state):
 
 
 def evaluate(net: Layer, loss: Loss, params: Params | TrainState, x, y, *,
-             state: State = None) -> dict[str, float]:
+             state: State = None, batch_size: int | None = 4096) -> dict[str, float]:
     """Loss, and accuracy when `y` holds integer class labels, with training off.
 
     `params`: the TrainState that `fit` returns, or bare params (with `state=` for a
-    stateful net)."""
+    stateful net). The data runs through the net `batch_size` rows at a time (None: all at
+    once), each batch a jitted pass (two programs at most: the full batches and the last
+    partial one); the results are the batch means weighted by the rows they cover (by the
+    kept labels for a loss with `ignore_index`), so they equal the full-batch values. Token
+    ids outside an input embedding's vocabulary and labels outside [0, classes) are refused
+    (ValueError) before anything runs."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+            batch_size, int) or batch_size <= 0):
+        raise ValueError(f"evaluate: batch_size must be a positive int or None (all at once), "
+                         f"got {batch_size!r}")
     params, net_state = _params_and_state("evaluate", net, params, state)
-    x, y = _as_param_dtype(np.asarray(x), params), _as_param_dtype(np.asarray(y), params)
-    return {k: float(v) for k, v in _evaluate(net, loss)(params, net_state, x, y).items()}
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"evaluate: expected x and y with the same number (> 0) of examples, "
+                         f"got shapes {x.shape} and {y.shape}")
+    check_token_ids("evaluate: x", net, x)
+    step = len(x) if batch_size is None else min(batch_size, len(x))
+    x_first = _as_param_dtype(x[:step], params)
+    out_shape = jax.eval_shape(_predict_fn(net), params, net_state, x_first).shape
+    _check_labels("evaluate: y", y, out_shape, loss)
+    metrics = _evaluate(net, loss)
+    sums = jax.device_get([  # every batch dispatched before one transfer back
+        metrics(params, net_state, x_first if i == 0 else _as_param_dtype(x[i:i + step], params),
+                _as_param_dtype(y[i:i + step], params)) for i in range(0, len(x), step)])
+    out = {"loss": (sum(float(b["loss"]) for b in sums)
+                    / max(sum(float(b["loss_weight"]) for b in sums), 1.0))}
+    if "correct" in sums[0]:
+        counted = sum(int(b["counted"]) for b in sums)
+        out["accuracy"] = sum(int(b["correct"]) for b in sums) / counted if counted else math.nan
+    return out
 
 
 def predict(net: Layer, params: Params | TrainState, x, *, state: State = None) -> jax.Array:
     """net(params, x) with training off; floating x is cast to the parameters' dtype.
 
     `params`: the TrainState that `fit` returns, or bare params (with `state=` for a
-    stateful net)."""
+    stateful net). Token ids outside an input embedding's vocabulary are refused."""
     params, net_state = _params_and_state("predict", net, params, state)
-    if net not in _PREDICT_CACHE:
-        _PREDICT_CACHE[net] = jax.jit(lambda p, s, x: fwd_with_state(net, p, x, state=s)[0])
-    return _PREDICT_CACHE[net](params, net_state, _as_param_dtype(np.asarray(x), params))
+    x = np.asarray(x)
+    check_token_ids("predict: x", net, x)
+    return _predict_fn(net)(params, net_state, _as_param_dtype(x, params))
 
 
-_PREDICT_CACHE: dict = {}
-_EVAL_CACHE: dict = {}
+# The jitted programs of predict and evaluate, per net: weakly keyed (a net dropped by its
+# caller takes its programs with it; the jitted functions hold the net only by a weak
+# reference) and at most _CACHED_NETS nets, the least recently used evicted first, so a
+# hyper-parameter sweep of fresh nets keeps the process's memory flat.
+_CACHED_NETS = 32
+_PREDICT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> jitted fn
+_EVAL_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> (ref, {loss: fn})
 
 
-def _evaluate(net, loss):
-    if (net, loss) not in _EVAL_CACHE:
+def _cached(cache: weakref.WeakKeyDictionary, net: Layer, build):
+    """cache[net], built by build(weakref to net) on first use, marked most recently used."""
+    entry = cache.pop(net, None)
+    cache[net] = entry = build(weakref.ref(net)) if entry is None else entry
+    while len(cache) > _CACHED_NETS:
+        del cache[next(iter(cache))]
+    return entry
+
+
+def _predict_fn(net: Layer):
+    return _cached(_PREDICT_CACHE, net, lambda net_ref: jax.jit(
+        lambda p, s, x: fwd_with_state(net_ref(), p, x, state=s)[0]))
+
+
+def _evaluate(net: Layer, loss: Loss):
+    """A jitted (params, state, x, y) -> the batch's sums: loss × weight, weight (its rows,
+    or its kept labels under ignore_index), and with class labels the correct and counted."""
+    net_ref, per_loss = _cached(_EVAL_CACHE, net, lambda net_ref: (net_ref, {}))
+    if loss not in per_loss:
         def metrics(params, net_state, x, y):
-            pred = fwd_with_state(net, params, x, state=net_state)[0]
-            out = {"loss": loss(pred, y)}
+            pred = fwd_with_state(net_ref(), params, x, state=net_state)[0]
+            value = loss(pred, y)
+            out = {"loss": value * y.shape[0], "loss_weight": jnp.asarray(y.shape[0], value.dtype)}
             if jnp.issubdtype(y.dtype, jnp.integer) and pred.shape[:-1] == y.shape:
-                out["accuracy"] = jnp.mean(jnp.argmax(pred, axis=-1) == y)
+                hit = jnp.argmax(pred, axis=-1).astype(y.dtype) == y
+                kept = jnp.ones_like(hit) if loss.ignore_index is None else y != loss.ignore_index
+                out["correct"], out["counted"] = jnp.sum(hit & kept), jnp.sum(kept)
+                if loss.ignore_index is not None:  # the loss is a mean over the kept labels
+                    n_kept = out["counted"].astype(value.dtype)
+                    out["loss"], out["loss_weight"] = value * n_kept, n_kept
             return out
-        _EVAL_CACHE[(net, loss)] = jax.jit(metrics)
-    return _EVAL_CACHE[(net, loss)]
+        per_loss[loss] = jax.jit(metrics)
+    return per_loss[loss]
 
 
 # --- fit ------------------------------------------------------------------------------------
@@ -225,19 +281,30 @@ def _check_array(name: str, a) -> np.ndarray:
     return a
 
 
-def _check_data(name: str, data, out_shape, loss: Loss) -> tuple[np.ndarray, np.ndarray]:
+def _check_data(name: str, data, out_shape, loss: Loss,
+                net: Layer | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) as host arrays, refused (ValueError/TypeError) if empty, of unequal lengths,
+    non-finite or non-numeric, if x holds token ids outside the vocabulary of an embedding
+    of `net` that reads it, or if class labels lie outside [0, out_shape[-1])."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError(f"fit: {name} must be an (x, y) pair of arrays, got {type(data).__name__}")
     x, y = _check_array(f"{name} x", data[0]), _check_array(f"{name} y", data[1])
     if len(x) != len(y):
         raise ValueError(f"fit: {name} has {len(x)} inputs but {len(y)} targets; "
                          "x and y must have the same length")
-    if np.issubdtype(y.dtype, np.integer) and out_shape is not None:
-        n_classes = out_shape[-1]
-        if y.min() < 0 or y.max() >= n_classes:
-            raise ValueError(f"fit: {name} labels must lie in [0, {n_classes}) for a network "
-                             f"with {n_classes} outputs, got labels from {y.min()} to {y.max()}")
+    if net is not None:
+        check_token_ids(f"fit: {name} x", net, x)
+    if out_shape is not None:
+        _check_labels(f"fit: {name} y", y, out_shape, loss)
     return x, y
+
+
+def _check_labels(where: str, y: np.ndarray, out_shape, loss: Loss) -> None:
+    """Integer y shaped like the output less its class axis holds class labels: each must
+    lie in [0, classes) or be the loss's ignore_index."""
+    if np.issubdtype(y.dtype, np.integer) and y.shape[1:] == tuple(out_shape[1:-1]):
+        check_labels(f"{where} (a network with {out_shape[-1]} outputs)", y, out_shape[-1],
+                     loss.ignore_index)
 
 
 def _output_shape(net: Layer, input_shape) -> tuple[int, ...]:
@@ -468,9 +535,9 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     compute_dtype(precision)  # validates
     input_shape = (batch,) + x_np.shape[1:]
     out_shape = _output_shape(net, input_shape)
-    x, y = _check_data("train_data", train_data, out_shape, loss)
+    x, y = _check_data("train_data", train_data, out_shape, loss, net)
     if val_data is not None:
-        xv, yv = _check_data("val_data", val_data, out_shape, loss)
+        xv, yv = _check_data("val_data", val_data, out_shape, loss, net)
         if xv.shape[1:] != x.shape[1:]:
             raise ValueError(f"fit: val_data x has example shape {xv.shape[1:]}, train_data x "
                              f"has {x.shape[1:]}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,8 +16,13 @@ def embedding(vocab_size: int, features: int, *,
     """y[..., :] = T[x[...], :]:  each integer id picks its row of the table T (vocab, features).
 
     x: integer ids of any shape (e.g. (batch, seq)), each in [0, vocab_size); y: x.shape +
-    (features,). Negative ids count from the end, as in NumPy; an id outside
-    [−vocab_size, vocab_size) reads a row of NaNs and gets no gradient.
+    (features,). Negative ids count from the end, as in NumPy: the valid ids are
+    [−vocab_size, vocab_size). `fit`, `evaluate` and `predict` refuse any other id before
+    anything runs, when this embedding reads the net's input (`check_token_ids`). The layer
+    itself does not read ids back (under `jit` it cannot): an id outside
+    [−vocab_size, vocab_size) reads a row of NaNs (`jnp.take(..., mode="fill")`), so the
+    loss turns NaN rather than silently wrong, and the backward drops that position's
+    gradient (the scatter-add's `mode="drop"`): no row of T receives it.
 
     Backward, for g = ∂L/∂y: every position adds its gradient into the row it read,
         ∂T[v, :] = Σ_{positions with x = v} g[position, :]        (a scatter-add)
@@ -48,7 +55,49 @@ def embedding(vocab_size: int, features: int, *,
             g.reshape(-1, features), mode="drop")
         return {"table": d_table}, np.zeros(ids.shape, jax.dtypes.float0)
 
-    return Layer(name, init, fwd, bwd)
+    layer = Layer(name, init, fwd, bwd)
+    _VOCAB[layer] = vocab_size
+    return layer
+
+
+# the vocabulary size of each live embedding layer (Layers hash by identity; no name parsing)
+_VOCAB: weakref.WeakKeyDictionary[Layer, int] = weakref.WeakKeyDictionary()
+
+
+def input_embeddings(net: Layer, path: str = "") -> list[tuple[str, Layer]]:
+    """(path, layer) of the embeddings that read `net`'s own input, found by walking
+    `Layer.children`: the first layer of a `serial`, the inner layer of a `residual` or
+    `remat`, every branch of a `parallel`. Paths read like `serial[0]` or
+    `serial[0]/residual[0]`. A first layer that is no embedding (or a combinator of another
+    kind) ends the walk with nothing found."""
+    if net.children and net.kind in ("serial", "residual", "remat", "parallel"):
+        branches = range(len(net.children)) if net.kind == "parallel" else (0,)
+        return [found for i in branches for found in
+                input_embeddings(net.children[i], f"{path}/{net.kind}[{i}]".lstrip("/"))]
+    return [(path, net)] if net in _VOCAB else []
+
+
+def check_token_ids(fn_name: str, net: Layer, x) -> None:
+    """ValueError, naming the layer and the ids found, if integer `x` holds an id outside
+    [−vocab, vocab) of an embedding that reads it (`input_embeddings`); nothing for float x
+    or a net whose input no embedding reads. Meant for host data, where data enters
+    (`fit`, `evaluate`, `predict`): a jax.Array is read back to the host."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.integer) or x.size == 0:
+        return
+    found = input_embeddings(net)
+    if not found:
+        return
+    lo, hi = x.min(), x.max()
+    for path, layer in found:
+        vocab = _VOCAB[layer]
+        if lo < -vocab or hi >= vocab:
+            bad = int(np.count_nonzero((x < -vocab) | (x >= vocab)))
+            raise ValueError(
+                f"{fn_name}: {f'{path} {layer.name}'.strip()} takes token ids in "
+                f"[{-vocab}, {vocab}) (negative ones count from the end), but x holds ids "
+                f"from {lo} to {hi}, {bad} of {x.size} out of range; is the vocabulary "
+                f"larger than embedding's vocab_size={vocab}?")
 
 
 def positional_embedding(max_len: int, *,
@@ -94,4 +143,4 @@ def positional_embedding(max_len: int, *,
     return Layer(name, init, fwd, bwd)
 
 
-__all__ = ["embedding", "positional_embedding"]
+__all__ = ["embedding", "positional_embedding", "input_embeddings", "check_token_ids"]
