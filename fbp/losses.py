@@ -269,3 +269,8 @@ binary_cross_entropy = Loss("binary_cross_entropy", _bce_fwd, _bce_bwd)
 __all__ = ["Loss", "mse", "huber", "huber_loss", "softmax_cross_entropy",
            "softmax_cross_entropy_with_ignore", "binary_cross_entropy",
            "linear_softmax_cross_entropy"]
+
+# the fused head's loss subclasses Loss, so it is defined after it (fbp/_fused_head.py)
+from fbp._fused_head import FusedLoss, fused_softmax_cross_entropy  # noqa: E402
+
+__all__ += ["FusedLoss", "fused_softmax_cross_entropy"]
