@@ -117,12 +117,30 @@ def _prepare_data(args, command: str):
     return x_tr, y_tr, val_data, x_te, y_te, loss, n_out
 
 
+def _check_output_paths(args) -> None:
+    """Before loading or training anything: every path `fbp train` will write to can be
+    written; if not, one argparse-style line and exit status 2."""
+    from fbp.checkpoint import check_output_dir, check_output_file
+
+    for flag, value, check in (("--checkpoint-dir", args.checkpoint_dir, check_output_dir),
+                               ("--diagnostics", args.diagnostics, check_output_dir),
+                               ("--plot", args.plot, check_output_file)):
+        if value is None:
+            continue
+        try:
+            check(value)
+        except (ValueError, PermissionError) as e:
+            print(f"fbp train: error: {flag}: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
 def _train(args) -> int:
     import jax
 
     from fbp.check import check_grads
     from fbp.train import evaluate, fit
 
+    _check_output_paths(args)
     x_tr, y_tr, val_data, x_te, y_te, loss, n_out = _prepare_data(args, "train")
     hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
     net = mlp(hidden, n_out, args.activation, args.dropout)

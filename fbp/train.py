@@ -11,10 +11,13 @@ compiled loop (`lax.scan` over the shuffled batches) on the device.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import os
+import signal
+import threading
 import time
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,7 +29,6 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from safetensors import safe_open
 from tqdm import tqdm  # plain text bars: no notebook-widget warnings
 
 from fbp import _diagnostics, _tape, checkpoint
@@ -36,6 +38,26 @@ from fbp.layers.embedding import check_token_ids
 from fbp.losses import Loss, check_labels
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.safetensors"  # the one before, kept by `fit`
+
+
+class NonFiniteError(FloatingPointError):
+    """`fit` stopped: the training loss or the parameters became NaN/Inf. `.state` is the
+    last finite TrainState (the state before the bad epoch), `.history` the history up to it
+    (`history["stopped"] == "nonfinite"`)."""
+
+    def __init__(self, message: str, *, state, history: dict):
+        super().__init__(message)
+        self.state, self.history = state, history
+
+
+class Interrupted(KeyboardInterrupt):
+    """`fit` was interrupted (Ctrl-C). `.state` is the TrainState after the last complete
+    epoch, `.history` its history (`history["stopped"] == "interrupted"`)."""
+
+    def __init__(self, message: str, *, state, history: dict):
+        super().__init__(message)
+        self.state, self.history = state, history
 
 
 class TrainState(NamedTuple):
@@ -478,9 +500,32 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
       with `val_data` and `patience` — when the validation loss has not improved for
       `patience` epochs, returning the best parameters.
     - history: per epoch `train_loss`, and `val_loss`/`val_accuracy` with `val_data`;
-      `stopped` says why it ended.
-    - checkpoint_dir: the state is saved there every `checkpoint_every` epochs (safetensors,
-      atomic), and a run finding a checkpoint there resumes from it.
+      `stopped` says why it ended: "epochs", "stop_at_loss", "patience", "sigterm", or (on
+      the exceptions below) "nonfinite" / "interrupted".
+    - checkpoint_dir: checked before anything runs (a file in the way or no permission to
+      write: ValueError / PermissionError naming it). The state is saved there every
+      `checkpoint_every` epochs and at the end (safetensors with a sha256 of every tensor
+      and of the metadata, written atomically; the previous file is kept as
+      checkpoint.prev.safetensors), and a run finding a checkpoint there resumes from it,
+      bit for bit — from the previous one, with a warning, when the latest is missing or
+      fails its checksums. A checkpoint written with another seed, batch size, data size,
+      grad, precision, l2, diagnostics_every or optimizer is refused. The optimizer is told
+      apart by its state (node types, leaf shapes and dtypes): `optax.adam` from `gd`, but
+      not gd(0.1) from gd(0.2) — hyper-parameters are not in the state. A run that had
+      finished (`epochs` epochs done, or stopped by `patience` / `stop_at_loss`) returns
+      at once, as device arrays, its history as it was.
+    - SIGTERM (with a checkpoint_dir, in the main thread): the current epoch is finished,
+      the checkpoint written, and fit returns with `history["stopped"] == "sigterm"`; a
+      second SIGTERM goes to the handler that was there before (by default, the process
+      ends at once). The handler is put back when fit returns.
+    - Raises `NonFiniteError` (a FloatingPointError) when the epoch's training loss or the
+      parameters become NaN/Inf: `.state` is the last finite state (before the bad epoch),
+      `.history` the history up to it with `stopped == "nonfinite"` (its diagnostics keep
+      the bad epoch's records, which show where it blew up); the checkpoint is left as it
+      was. On Ctrl-C it raises `Interrupted` (a KeyboardInterrupt) carrying the state after
+      the last complete epoch and its history (`stopped == "interrupted"`); with a
+      checkpoint_dir that state is written there first, so a rerun resumes from it. (For
+      both, fit keeps a device copy of the state before each epoch: one copy per epoch.)
     - epoch_mode: "scan" (each epoch one compiled loop), "steps" (a Python loop of jitted
       steps), or "auto": scan, unless the data is large (≥ 1 GiB) or the net convolves
       on a CPU, where XLA runs convolutions slowly inside a compiled loop.
@@ -520,6 +565,13 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
                          f"or None, got {diagnostics_every!r}")
     if epoch_mode not in ("auto", "scan", "steps"):
         raise ValueError(f"fit: epoch_mode must be 'auto', 'scan' or 'steps', got {epoch_mode!r}")
+    if checkpoint_dir is not None:  # before any compile or training
+        try:
+            checkpoint.check_output_dir(checkpoint_dir)
+        except ValueError as e:
+            raise ValueError(f"fit: checkpoint_dir {e}") from None
+        except PermissionError as e:
+            raise PermissionError(f"fit: checkpoint_dir {e}") from None
 
     x_np = np.asarray(train_data[0]) if isinstance(train_data, (tuple, list)) else None
     if x_np is None or x_np.ndim == 0 or x_np.shape[0] == 0:
@@ -545,7 +597,8 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     key = jax.random.key(seed)
     state = init_state(net, optimizer, jax.random.fold_in(key, 0), input_shape)
     shuffle_key = jax.random.fold_in(key, 1)
-    config = {"seed": seed, "batch_size": batch, "grad": grad, "n": n, "precision": precision}
+    config = {"seed": seed, "batch_size": batch, "grad": grad, "n": n, "precision": precision,
+              "optimizer": _optimizer_fingerprint(state.opt_state)}
     if l2:
         config["l2"] = l2
     if diagnostics_every:
@@ -556,9 +609,13 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     best = {"val_loss": math.inf, "params": None, "bad_epochs": 0}
 
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
-    start = 0
-    if ckpt_path is not None and ckpt_path.exists():
-        start, state, history, best = _resume(ckpt_path, state, config)
+    start, rotate = 0, True  # rotate: the latest file is good, keep it as the previous one
+    if ckpt_path is not None and (ckpt_path.exists() or _previous(ckpt_path).exists()):
+        start, state, history, best, rotate = _resume(ckpt_path, state, config)
+        if history.get("stopped") in ("patience", "stop_at_loss") or start >= epochs:
+            if history.get("stopped") not in ("patience", "stop_at_loss"):
+                history["stopped"] = "epochs"
+            return _result(mesh, state, best, patience), history
 
     x, y = _as_param_dtype(x, state.params), _as_param_dtype(y, state.params)
     recorder = None
@@ -581,67 +638,95 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     state = replicate(mesh, jax.tree_util.tree_map(jnp.asarray, state))
     x, y = replicate(mesh, x), replicate(mesh, y)
 
-    history["stopped"] = "epochs"
+    history["stopped"] = None  # in a checkpoint: the run goes on
     history["epoch_mode"] = "scan" if scan else "steps"
     bar = tqdm(range(start, epochs), initial=start, total=epochs, disable=not progress,
                unit="epoch", desc=f"fit ({grad})")
-    for epoch in bar:
-        t0 = time.perf_counter()
-        records = recorder is not None and _records_in(epoch, n // batch, diagnostics_every)
-        if records and "first" not in recorder.d["hist"]:  # histograms before training
-            recorder.set_hist("first", jax.device_get(
-                run_recorded_epoch.snapshot(state, x, y, epoch)))
-        state, train_loss, diag = (run_recorded_epoch if records else run_epoch)(state, x, y,
-                                                                                epoch)
-        train_loss = float(train_loss)
-        if records:
-            recorder.pending.append(diag)
-        seconds = time.perf_counter() - t0
-        if not (math.isfinite(train_loss) and _all_finite(state.params)):
-            kept = f"; the checkpoint in {checkpoint_dir} is kept as it was" if ckpt_path else ""
-            what = "training loss" if not math.isfinite(train_loss) else "parameters"
-            raise FloatingPointError(
-                f"fit: the {what} became {train_loss if what[0] == 't' else 'non-finite'} in "
-                f"epoch {epoch + 1} (try a smaller learning rate){kept}")
-        history["epoch"].append(epoch + 1)
-        history["train_loss"].append(train_loss)
-        history["time_s"].append(seconds)
-        samples_per_s = (n // batch) * batch / seconds
-        postfix = {"loss": f"{train_loss:.4g}", "samples/s": f"{samples_per_s:.3g}"}
-        stop = None
-        if val_data is not None:
-            val = evaluate(net, loss, state, xv, yv)
-            history["val_loss"].append(val["loss"])
-            history["val_accuracy"].append(val.get("accuracy", math.nan))
-            postfix["val"] = f"{val['loss']:.4g}"
-            if val["loss"] < best["val_loss"]:
-                best = {"val_loss": val["loss"], "bad_epochs": 0,
-                        "params": jax.tree_util.tree_map(jnp.copy, (state.params,
-                                                                    state.net_state))}
-            else:
-                best["bad_epochs"] += 1
-            if patience is not None and best["bad_epochs"] >= patience:
-                stop = "patience"
-        if stop_at_loss is not None and train_loss < stop_at_loss:
-            stop = "stop_at_loss"
-        bar.set_postfix(postfix)
-        done = stop is not None or epoch + 1 == epochs
-        if stop is not None:
-            history["stopped"] = stop
-        if recorder is not None and done:  # histograms after training
-            recorder.set_hist("last", jax.device_get(
-                run_recorded_epoch.snapshot(state, x, y, epoch + 1)))
-        if ckpt_path is not None and ((epoch + 1) % checkpoint_every == 0 or done):
-            _flush(recorder)
-            _save(ckpt_path, epoch + 1, state, history, best, config)
-        if stop is not None:
-            break
-    bar.close()
+    saved_epoch, kept = start, None
+    with _SigtermStop(ckpt_path is not None) as sigterm:
+        try:
+            for epoch in bar:
+                # the state before this epoch (the epoch donates its input): what a NaN or a
+                # Ctrl-C hands back
+                kept = _copy(state), best, len(history["epoch"])
+                t0 = time.perf_counter()
+                records = recorder is not None and _records_in(epoch, n // batch,
+                                                               diagnostics_every)
+                if records and "first" not in recorder.d["hist"]:  # histograms before training
+                    recorder.set_hist("first", jax.device_get(
+                        run_recorded_epoch.snapshot(state, x, y, epoch)))
+                state, train_loss, diag = (run_recorded_epoch if records else run_epoch)(
+                    state, x, y, epoch)
+                train_loss = float(train_loss)
+                if records:
+                    recorder.pending.append(diag)
+                seconds = time.perf_counter() - t0
+                if not (math.isfinite(train_loss) and _all_finite((state.params,
+                                                                    state.net_state))):
+                    history["stopped"] = "nonfinite"
+                    _flush(recorder)
+                    left = (f"; the checkpoint in {checkpoint_dir} is kept as it was"
+                            if ckpt_path else "")
+                    what = "training loss" if not math.isfinite(train_loss) else "parameters"
+                    raise NonFiniteError(
+                        f"fit: the {what} became "
+                        f"{train_loss if what[0] == 't' else 'non-finite'} in epoch {epoch + 1} "
+                        f"(try a smaller learning rate){left}; the error's .state holds the "
+                        f"state after epoch {epoch} and .history its history",
+                        state=kept[0], history=history)
+                history["epoch"].append(epoch + 1)
+                history["train_loss"].append(train_loss)
+                history["time_s"].append(seconds)
+                samples_per_s = (n // batch) * batch / seconds
+                postfix = {"loss": f"{train_loss:.4g}", "samples/s": f"{samples_per_s:.3g}"}
+                stop = None
+                if val_data is not None:
+                    val = evaluate(net, loss, state, xv, yv)
+                    history["val_loss"].append(val["loss"])
+                    history["val_accuracy"].append(val.get("accuracy", math.nan))
+                    postfix["val"] = f"{val['loss']:.4g}"
+                    if val["loss"] < best["val_loss"]:
+                        best = {"val_loss": val["loss"], "bad_epochs": 0,
+                                "params": jax.tree_util.tree_map(
+                                    jnp.copy, (state.params, state.net_state))}
+                    else:
+                        best = {**best, "bad_epochs": best["bad_epochs"] + 1}
+                    if patience is not None and best["bad_epochs"] >= patience:
+                        stop = "patience"
+                if stop_at_loss is not None and train_loss < stop_at_loss:
+                    stop = "stop_at_loss"
+                if stop is None and sigterm.requested:
+                    stop, sigterm.handled = "sigterm", True
+                bar.set_postfix(postfix)
+                done = stop is not None or epoch + 1 == epochs
+                if done:
+                    history["stopped"] = stop or "epochs"
+                if recorder is not None and done:  # histograms after training
+                    recorder.set_hist("last", jax.device_get(
+                        run_recorded_epoch.snapshot(state, x, y, epoch + 1)))
+                if ckpt_path is not None and ((epoch + 1) % checkpoint_every == 0 or done):
+                    _flush(recorder)
+                    _save(ckpt_path, epoch + 1, state, history, best, config, rotate)
+                    saved_epoch, rotate = epoch + 1, True
+                if stop is not None:
+                    break
+        except KeyboardInterrupt as interrupt:
+            if kept is None:
+                raise
+            state, best, epochs_done = kept
+            _back_to(history, recorder, epochs_done, int(state.step))
+            history["stopped"] = "interrupted"
+            done_epoch = history["epoch"][-1] if history["epoch"] else 0
+            if ckpt_path is not None and done_epoch != saved_epoch:
+                _save(ckpt_path, done_epoch, state, history, best, config, rotate)
+            raise Interrupted(f"fit: interrupted; the error's .state holds the state after "
+                              f"epoch {done_epoch} and .history its history"
+                              + (f" (written to {checkpoint_dir})" if ckpt_path else ""),
+                              state=state, history=history) from interrupt
+        finally:
+            bar.close()
     _flush(recorder)
-    if patience is not None and best["params"] is not None:
-        params, net_state = best["params"]
-        state = state._replace(params=params, net_state=net_state)
-    return state, history
+    return _result(mesh, state, best, patience), history
 
 
 def _diagnostics_spec(net, loss, state: TrainState, x, y, batch: int) -> _diagnostics.Spec:
@@ -679,29 +764,139 @@ def _flush(recorder: _diagnostics.Recorder | None) -> None:
     recorder.pending.clear()
 
 
-def _save(path: Path, epoch: int, state: TrainState, history, best, config) -> None:
+def _previous(path: Path) -> Path:
+    return path.with_name(PREVIOUS_CHECKPOINT_FILE)
+
+
+def _save(path: Path, epoch: int, state: TrainState, history, best, config,
+          rotate: bool = True) -> None:
+    """Write the checkpoint; with `rotate`, the file it replaces becomes the previous one
+    (not after a resume from the previous file: the latest was bad, the previous stays)."""
     tree = {"state": _saveable(state)}
     if best["params"] is not None:
         tree["best_params"] = best["params"]
     meta = {"epoch": epoch, "history": history, "config": config,
             "best_val_loss": best["val_loss"], "bad_epochs": best["bad_epochs"]}
-    checkpoint.save(path, tree, meta)
+    checkpoint.save(path, tree, meta, previous=_previous(path) if rotate else None)
 
 
 def _resume(path: Path, state: TrainState, config):
-    """(start epoch, state, history, best) from a checkpoint written by the same run setup."""
-    with safe_open(str(path), framework="numpy") as f:
-        meta = json.loads((f.metadata() or {}).get("fbp", "{}"))
-        has_best = any(k.startswith("['best_params']") for k in f.keys())
-    if meta.get("config") != config:
-        raise ValueError(f"fit: the checkpoint in {path.parent} was written with "
-                         f"{meta.get('config')}, this run has {config}; use another "
-                         "checkpoint_dir (nothing was overwritten)")
-    template = {"state": _saveable(state)}
-    if has_best:
-        template["best_params"] = (state.params, state.net_state)
-    tree, meta = checkpoint.load(path, template)
-    saved = _restore_key(TrainState(*tree["state"]), state)
-    best = {"val_loss": meta["best_val_loss"], "bad_epochs": meta["bad_epochs"],
-            "params": tree.get("best_params")}
-    return meta["epoch"], saved, meta["history"], best
+    """(start epoch, state, history, best, whether the latest file was good) from the
+    checkpoint written by the same run setup — the latest, or, when it is missing or fails
+    its checksums, the previous one, with a warning that says why."""
+    problems = []
+    for candidate in (path, _previous(path)):
+        if not candidate.exists():
+            problems.append(f"checkpoint {candidate} is missing")
+            continue
+        try:
+            stored, meta = checkpoint.read(candidate)
+        except checkpoint.CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            warnings.warn(f"fit: {problems[0]}; resuming from the previous checkpoint "
+                          f"{candidate} (epoch {meta.get('epoch')})", stacklevel=3)
+        written = meta.get("config") or {}
+        if written != config:
+            keys = sorted(k for k in set(written) | set(config) if written.get(k) != config.get(k))
+            raise ValueError(
+                f"fit: the checkpoint {candidate} was written with "
+                f"{', '.join(f'{k}={written.get(k)!r}' for k in keys)}; this run has "
+                f"{', '.join(f'{k}={config.get(k)!r}' for k in keys)}; use another "
+                "checkpoint_dir (nothing was overwritten)")
+        template = {"state": _saveable(state)}
+        if any(name.startswith("best_params/") for name in stored):
+            template["best_params"] = (state.params, state.net_state)
+        tree = checkpoint.unflatten(candidate, stored, template)
+        saved = _restore_key(TrainState(*tree["state"]), state)
+        best = {"val_loss": meta["best_val_loss"], "bad_epochs": meta["bad_epochs"],
+                "params": tree.get("best_params")}
+        return meta["epoch"], saved, meta["history"], best, candidate == path
+    raise checkpoint.CheckpointError(
+        f"fit: no usable checkpoint in {path.parent}: {'; '.join(problems)}. Move these "
+        "files away (or use another checkpoint_dir) to start afresh")
+
+
+def _result(mesh: Mesh | None, state: TrainState, best, patience) -> TrainState:
+    """The state fit returns, as device arrays: with `patience`, the best parameters."""
+    if patience is not None and best["params"] is not None:
+        params, net_state = best["params"]
+        state = state._replace(params=params, net_state=net_state)
+    return replicate(mesh, jax.tree_util.tree_map(jnp.asarray, state))
+
+
+@jax.jit
+def _copy(tree):
+    """A copy on the device (not donated when the original is)."""
+    return jax.tree_util.tree_map(jnp.copy, tree)
+
+
+def _back_to(history, recorder, epochs: int, step: int) -> None:
+    """The history as it was after `epochs` epochs (at global `step`): later entries, and
+    diagnostics records of later steps, dropped."""
+    for k in ("epoch", "train_loss", "time_s", "val_loss", "val_accuracy"):
+        if k in history:
+            del history[k][epochs:]
+    if recorder is not None:
+        _flush(recorder)
+        d = recorder.d
+        keep = sum(s < step for s in d["step"])
+        for k in ("step", "update_ratio", *_diagnostics.SCALARS):
+            del d[k][keep:]
+        d["hist"].pop("last", None)
+
+
+def _optimizer_fingerprint(opt_state) -> str:
+    """What tells optimizers apart in their state: its node types, keys, leaf dtypes and
+    shapes, as "ScaleByAdamState+EmptyState sha256:…". Hyper-parameters such as the
+    learning rate are not in it unless they live in the state (optax.inject_hyperparams)."""
+    types = []
+
+    def describe(node) -> str:
+        children = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda c: c is not node)[0]
+        if len(children) == 1 and children[0][0] == ():  # a leaf
+            return f"{np.dtype(node.dtype).name}{list(np.shape(node))}"
+        name = type(node).__name__
+        if name not in types and type(node) not in (tuple, list, dict):
+            types.append(name)
+        return name + "(" + ",".join(f"{checkpoint.tensor_name(p)}:{describe(c)}"
+                                     for p, c in children) + ")"
+
+    full = describe(opt_state)
+    return f"{'+'.join(types) or 'stateless'} sha256:{hashlib.sha256(full.encode()).hexdigest()[:16]}"
+
+
+class _SigtermStop:
+    """While a checkpointed fit runs in the main thread, the first SIGTERM sets `requested`
+    (fit stops after the current epoch and writes its checkpoint); a second one goes to the
+    handler that was there before. That handler is put back on exit — and given a SIGTERM
+    that came too late to stop the run (`handled` still False)."""
+
+    def __init__(self, active: bool):
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.requested = self.handled = False
+        self.previous = None
+
+    def __enter__(self):
+        if self.active:
+            self.previous = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        del signum, frame
+        if self.requested:  # a second one: no more waiting
+            self._restore()
+            signal.raise_signal(signal.SIGTERM)
+        self.requested = True
+
+    def _restore(self):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+
+    def __exit__(self, *exc):
+        if self.active:
+            self._restore()
+            if self.requested and not self.handled:
+                signal.raise_signal(signal.SIGTERM)
+        return False
