@@ -446,6 +446,39 @@ def test_sigterm_finishes_the_epoch_writes_the_checkpoint_and_resumes_bitwise(tm
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
                     reason="signal handlers live in the main thread")
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_second_sigterm_goes_to_the_handler_before(tmp_path, monkeypatch, signals):
+    seen = []
+
+    def mine(signum, frame):
+        seen.append(signum)
+
+    before = signal.signal(signal.SIGTERM, mine)
+    real = fbp.train.evaluate
+    calls = []
+
+    def evaluate(*args, **kwargs):  # SIGTERM(s) during the second epoch's validation
+        calls.append(1)
+        if len(calls) == 2:
+            for _ in range(signals):
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fbp.train, "evaluate", evaluate)
+    try:
+        x, y = blobs()
+        _, hist = fit(small_net(), LOSS, gd(0.1), (x, y), epochs=5, val_data=blobs(seed=1),
+                      checkpoint_dir=tmp_path, checkpoint_every=1000, **KW)
+    finally:
+        handler = signal.signal(signal.SIGTERM, before)
+    assert hist["stopped"] == "sigterm" and hist["epoch"] == [1, 2]
+    assert checkpoint.read(tmp_path / CHECKPOINT_FILE)[1]["epoch"] == 2
+    assert seen == [signal.SIGTERM] * (signals - 1)  # the first one was fit's
+    assert handler is mine  # put back
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers live in the main thread")
 def test_the_sigterm_handler_is_only_there_during_a_checkpointed_fit(tmp_path):
     seen = []
 
