@@ -31,14 +31,22 @@ def fbp_key(rng):
     return jax.random.key(int(rng.integers(2**31)))
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("name", sorted(CASES))
+# the transformer block costs more than any other case: float32 runs under -m slow
+HEAVY = {"transformer_block"}
+
+
+def _grid(names):
+    return [pytest.param(name, dtype, marks=pytest.mark.slow)
+            if name in HEAVY and dtype == "float32" else (name, dtype)
+            for name in sorted(names) for dtype in ("float64", "float32")]
+
+
+@pytest.mark.parametrize(("name", "dtype"), _grid(CASES))
 def test_check_layer_passes_every_builtin(name, dtype):
     _check(name, dtype, seed=0, train=False)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("name", sorted(TRAIN_DIFFERS))
+@pytest.mark.parametrize(("name", "dtype"), _grid(TRAIN_DIFFERS))
 def test_check_layer_passes_every_builtin_in_training(name, dtype):
     _check(name, dtype, seed=1, train=True)
 
