@@ -467,7 +467,10 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
         stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *records) if records else None
         return state, jnp.mean(jnp.stack(losses)), stacked
 
-    run = jax.jit(scanned, donate_argnums=0) if scan else looped
+    # the scanned epoch does not donate its input: fit keeps the state an epoch began from (a
+    # NaN or a Ctrl-C hands it back), and XLA's copy into the loop costs less than a copy
+    # dispatched apart (CPU, interleaved: within ±2% of a donated epoch, against +1–14%)
+    run = jax.jit(scanned) if scan else looped
     if recorded is None:
         return run
 
@@ -525,7 +528,7 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
       was. On Ctrl-C it raises `Interrupted` (a KeyboardInterrupt) carrying the state after
       the last complete epoch and its history (`stopped == "interrupted"`); with a
       checkpoint_dir that state is written there first, so a rerun resumes from it. (For
-      both, fit keeps a device copy of the state before each epoch: one copy per epoch.)
+      both, fit keeps the state each epoch began from: the memory of one more state.)
     - epoch_mode: "scan" (each epoch one compiled loop), "steps" (a Python loop of jitted
       steps), or "auto": scan, unless the data is large (≥ 1 GiB) or the net convolves
       on a CPU, where XLA runs convolutions slowly inside a compiled loop.
@@ -646,9 +649,9 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     with _SigtermStop(ckpt_path is not None) as sigterm:
         try:
             for epoch in bar:
-                # the state before this epoch (the epoch donates its input): what a NaN or a
-                # Ctrl-C hands back
-                kept = _copy(state), best, len(history["epoch"])
+                # the state before this epoch, what a NaN or a Ctrl-C hands back: a scanned
+                # epoch leaves its input alone, a loop of steps donates it
+                kept = state if scan else _copy(state), best, len(history["epoch"])
                 t0 = time.perf_counter()
                 records = recorder is not None and _records_in(epoch, n // batch,
                                                                diagnostics_every)
