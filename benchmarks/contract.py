@@ -103,6 +103,40 @@ def diagnostics_case(rounds, epochs):
             for k, t in epoch_times.items()]
 
 
+def fused_head_case(repeats, tokens=4096, vocab=32768, width=64):
+    """One make_step (SGD) of embedding → dense → gelu → linear_softmax_head(vocab) over
+    `tokens` tokens: the plain softmax cross-entropy against the fused head's loss."""
+    from fbp.optim import gd
+    from fbp.train import init_state, make_step
+
+    head = L.linear_softmax_head(vocab)
+    net = L.serial(L.embedding(vocab, width), L.dense(width), L.gelu(), head)
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(0, vocab, (tokens // 512, 512)), jnp.int32)
+    labels = jnp.asarray(rng.integers(0, vocab, (tokens // 512, 512)), jnp.int32)
+    opt = gd(0.1)
+    out, steps, states = [], {}, {}
+    for name, loss in (("plain softmax_cross_entropy", losses.softmax_cross_entropy),
+                       ("fused_softmax_cross_entropy", losses.fused_softmax_cross_entropy(head))):
+        steps[name] = make_step(net, loss, opt)
+        states[name] = init_state(net, opt, jax.random.key(0), ids.shape)
+        memory = jax.jit(fbp.value_and_grad(net, loss)).lower(
+            states[name].params, ids, labels).compile().memory_analysis().temp_size_in_bytes
+        out.append({"kind": "fused_head", "variant": name, "tokens": tokens, "vocab": vocab,
+                    "temp_bytes": memory})
+
+    def runner(name):
+        def run():
+            states[name], m = steps[name](states[name], ids, labels)
+            return m["loss"]
+        return run
+
+    times = interleaved({name: runner(name) for name in steps}, repeats=repeats)
+    for r in out:
+        r["step_time_s"] = statistics.median(times[r["variant"]])
+    return out
+
+
 def markdown(records, env) -> str:
     lines = ["# Layer contract: remat and diagnostics", "",
               f"Device: {env['device']} ({env['cpu_count']} cores); JAX {env['jax_version']}, "
@@ -123,6 +157,14 @@ def markdown(records, env) -> str:
             k = r["diagnostics_every"]
             lines.append(f"| {'off' if k is None else k} | {1e3 * r['epoch_time_s']:.2f} | "
                          f"{100 * r['cost_vs_off']:+.1f}% | {r['epochs_timed']} |")
+    fused = [r for r in records if r["kind"] == "fused_head"]
+    if fused:
+        lines += ["", f"## Fused head: one train step, {fused[0]['tokens']} tokens × "
+                  f"{fused[0]['vocab']} vocabulary", "",
+                  "| loss | temp MiB (value-and-grad) | step ms |", "|---|---:|---:|"]
+        for r in fused:
+            lines.append(f"| {r['variant']} | {r['temp_bytes'] / MiB:.1f} | "
+                         f"{1e3 * r['step_time_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -163,6 +205,8 @@ def main(argv=None) -> int:
     records += remat_case("transformer", lambda: L.transformer_block(4, causal=True),
                           2 if args.quick else 4, seq, 32, seq[:2], repeats)
     records += diagnostics_case(rounds, epochs)
+    records += (fused_head_case(repeats, tokens=512, vocab=2048) if args.quick
+                else fused_head_case(repeats))
     for r in records:
         r["environment"] = env
     write_atomic(out / "results.json", (json.dumps(records, indent=2) + "\n").encode())
