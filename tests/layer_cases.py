@@ -25,6 +25,8 @@ CASES = {
     "dense": lambda rng: (L.dense(int(rng.integers(1, 9))), _batch_feat(rng), False),
     "dense_no_bias": lambda rng: (L.dense(int(rng.integers(1, 9)), use_bias=False),
                                   _batch_feat(rng), False),
+    "linear_softmax_head": lambda rng: (L.linear_softmax_head(int(rng.integers(1, 9))),
+                                        _batch_feat(rng), False),
     "dense_rank3": lambda rng: (L.dense(int(rng.integers(1, 9))),
                                 (2, int(rng.integers(1, 5)), int(rng.integers(1, 7))), False),
     "relu": _act(L.relu),

@@ -159,6 +159,18 @@ def test_dense(in_shape, features, use_bias, dtype):
     assert_normwise(apply(layer, params, x), expected, NORMWISE[dtype], dtype=dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_softmax_head_gives_the_logits(dtype):
+    """The fused head's layer on its own: logits x W (no bias), for predict and evaluate."""
+    rng = _rng(2, 7)
+    layer = L.linear_softmax_head(11)
+    params = random_params(layer, (2, 3, 5), rng, dtype)
+    x = jnp.asarray(rng.standard_normal((2, 3, 5)), dtype)
+    assert set(params) == {"w"}
+    expected = np.einsum("...i,io->...o", _f64(x), to_np(params)["w"])
+    assert_normwise(apply(layer, params, x), expected, NORMWISE[dtype], dtype=dtype)
+
+
 @pytest.mark.parametrize("in_shape", [(2, 3), (2, 3, 4), (3, 2, 4, 5), (1, 1, 1, 1)])
 def test_flatten(in_shape):
     x = jnp.asarray(_rng(3).standard_normal(in_shape))
