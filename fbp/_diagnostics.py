@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fbp import _tape
-from fbp._explain import RELU_LIKE, SATURATED, SQUASHING, histogram
+from fbp._explain import RELU_LIKE, SQUASHING, histogram, saturated_fraction, widened
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,26 +56,20 @@ def spec_of(tape: _tape.Tape, params) -> Spec:
                 tuple(weights), tuple(index))
 
 
-def _f32(a):
-    return a.astype(jnp.float64 if a.dtype == jnp.float64 else jnp.float32)
-
-
 def layer_stats(tape: _tape.Tape, spec: Spec, *, histograms: bool = False) -> dict:
     """Per innermost layer (stacked in spec order): act_mean, act_std, act_frac, grad_norm,
     and with `histograms` act_hist/grad_hist as (counts, lo, hi)."""
     rows = []
     for path, kind in zip(spec.paths, spec.kinds):
         call = tape.calls[path]
-        y = _f32(call.y)
-        if kind == "tanh":
-            frac = jnp.mean(jnp.abs(y) > SATURATED)
-        elif kind in SQUASHING:
-            frac = jnp.mean((y < 1 - SATURATED) | (y > SATURATED))
+        y = widened(call.y)
+        if kind in SQUASHING:
+            frac = saturated_fraction(y, kind)
         elif kind in RELU_LIKE:
             frac = jnp.mean(y == 0)
         else:
             frac = jnp.array(jnp.nan, y.dtype)
-        g = _f32(call.g) if call.g is not None else jnp.zeros_like(y)
+        g = widened(call.g) if call.g is not None else jnp.zeros_like(y)
         row = {"act_mean": jnp.mean(y), "act_std": jnp.std(y), "act_frac": frac.astype(y.dtype),
                "grad_norm": jnp.sqrt(jnp.sum(jnp.square(g)))}
         if histograms:
@@ -90,8 +84,8 @@ def update_ratios(spec: Spec, old_params, new_params) -> jax.Array:
     """‖Δθ‖/‖θ‖ of every weight leaf in spec, after an update."""
     old = jax.tree_util.tree_leaves(old_params)
     new = jax.tree_util.tree_leaves(new_params)
-    ratios = [jnp.sqrt(jnp.sum(jnp.square(_f32(new[i]) - _f32(old[i]))))
-              / jnp.sqrt(jnp.sum(jnp.square(_f32(old[i])))) for i in spec.weight_index]
+    ratios = [jnp.sqrt(jnp.sum(jnp.square(widened(new[i]) - widened(old[i]))))
+              / jnp.sqrt(jnp.sum(jnp.square(widened(old[i])))) for i in spec.weight_index]
     return jnp.stack(ratios) if ratios else jnp.zeros((0,), jnp.float32)
 
 
