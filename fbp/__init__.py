@@ -2,9 +2,13 @@
 
 Networks are pure functions over parameter pytrees; every layer, activation, loss and
 combinator carries its own hand-written backward pass, checked against `jax.grad`.
+
+Modules: `layers` (the built-in layers), `losses`, `models` (`mlp`), `contract` (what a
+layer author needs: `Layer` and the shape, dtype, key and combinator helpers), `train`
+(`fit`, `make_step`, `evaluate`), `optim`, `data`, `check` and `layercheck`, `plot`.
 """
 
-from fbp import layers, losses
+from fbp import contract, layers, losses, models
 from fbp._explain import explain
 from fbp._layer import Layer
 from fbp.backprop import autodiff_value_and_grad, custom_vjp, l2_penalty, value_and_grad
@@ -14,7 +18,8 @@ from fbp.layercheck import LayerReport, check_layer
 __version__ = "0.1.0"
 
 __all__ = [
-    "Layer", "layers", "losses", "value_and_grad", "autodiff_value_and_grad", "custom_vjp",
-    "l2_penalty", "check_grads", "GradReport", "check_layer", "LayerReport", "explain",
+    "Layer", "layers", "losses", "models", "contract", "value_and_grad",
+    "autodiff_value_and_grad", "custom_vjp", "l2_penalty", "check_grads", "GradReport",
+    "check_layer", "LayerReport", "explain",
     "__version__",
 ]

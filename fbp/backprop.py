@@ -256,3 +256,7 @@ def custom_vjp(layer: Layer, *, train: bool = False) -> Callable[..., Array]:
 
     f.defvjp(f_fwd, f_bwd)
     return f
+
+
+__all__ = ["value_and_grad", "autodiff_value_and_grad", "training_pass", "custom_vjp",
+           "l2_penalty", "compute_dtype", "PRECISIONS"]

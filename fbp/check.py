@@ -424,3 +424,7 @@ def check_builtins(dtypes=("float64", "float32"), seed: int = 0) -> list[GradRep
                     key=k_drop if needs_key else None, name=f"{name} [{dtype}]",
                     state=state if net.stateful else None))
     return reports
+
+
+__all__ = ["check_grads", "GradReport", "LeafError", "LayerError", "check_builtins",
+           "AUTODIFF_RTOL", "FD_RTOL", "LAYER_RTOL"]

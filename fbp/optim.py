@@ -41,3 +41,6 @@ def gd(learning_rate: float | optax.Schedule) -> optax.GradientTransformation:
         return updates, GDState(count=optax.safe_int32_increment(state.count))
 
     return optax.GradientTransformation(init, update)
+
+
+__all__ = ["gd", "GDState"]

@@ -202,3 +202,7 @@ def log_softmax() -> Layer:
         return g - jnp.exp(y) * jnp.sum(g, axis=-1, keepdims=True)
 
     return _activation("log_softmax", fwd, bwd)
+
+
+__all__ = ["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "elu", "softplus", "silu",
+           "softmax", "log_softmax"]

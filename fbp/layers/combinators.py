@@ -187,3 +187,6 @@ def parallel(*layers: Layer, merge: str = "concat") -> Layer:
         return tuple(grads), dx
 
     return combinator(name, init, fwd, bwd, layers)
+
+
+__all__ = ["serial", "residual", "parallel"]

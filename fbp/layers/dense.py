@@ -69,3 +69,6 @@ def dense(features: int, *, use_bias: bool = True,
         return grads, dx.reshape(x.shape)
 
     return Layer(name, init, fwd, bwd)
+
+
+__all__ = ["dense"]

@@ -83,3 +83,6 @@ def dropout(rate: float) -> Layer:
         return {}, g if isinstance(keep, tuple) else scaled(g, keep)
 
     return Layer(name, init, fwd, bwd)
+
+
+__all__ = ["flatten", "dropout"]
