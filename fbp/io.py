@@ -495,6 +495,7 @@ def load_params(path: str | os.PathLike, net: Layer, input_shape: tuple[int, ...
                          + " that this net has no place for")
         raise ValueError(f"load_params: {path} does not fit this net with input_shape "
                          f"{input_shape}: {'; '.join(parts)}.{from_net}")
+    wrong = []
     for name, (layer, like) in expected.items():
         found = stored[name]
         if found.shape != tuple(like.shape) or found.dtype != like.dtype:
@@ -503,9 +504,12 @@ def load_params(path: str | os.PathLike, net: Layer, input_shape: tuple[int, ...
                 x64 = "on" if default_float_dtype() == np.float64 else "off"
                 why = (f" (init makes {np.dtype(like.dtype).name} params here: "
                        f"jax_enable_x64 is {x64})")
-            raise ValueError(f"load_params: {path}: tensor {name} (of {layer.name}) is "
-                             f"{_spec(found)} in the file; this net with input_shape "
-                             f"{input_shape} expects {_spec(like)}{why}.{from_net}")
+            wrong.append(f"tensor {name} (of {layer.name}) is {_spec(found)} in the file; this "
+                         f"net expects {_spec(like)}{why}")
+    if wrong:
+        more = f"; and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+        raise ValueError(f"load_params: {path} does not fit this net with input_shape "
+                         f"{input_shape}: {'; '.join(wrong[:3])}{more}.{from_net}")
     if strict and from_net:
         raise ValueError(f"load_params: {path} was saved from the net {saved_net}; this net "
                          f"is {net.name}. Every tensor fits, but the layers differ (an "
