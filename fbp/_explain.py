@@ -269,6 +269,17 @@ def explain(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool = Tru
 
     `str(report)` is the table, read top to bottom as the forward pass and bottom to top as
     backprop; `from_function` layers are marked [autodiff]. A stateful net needs `state=`.
+
+    Examples:
+    >>> import jax, jax.numpy as jnp, fbp
+    >>> from fbp import layers as L, losses
+    >>> net = L.serial(L.dense(8), L.relu(), L.dense(3))
+    >>> _, params = net.init(jax.random.key(0), (4, 5))
+    >>> x = jax.random.normal(jax.random.key(1), (4, 5))
+    >>> report = fbp.explain(net, losses.softmax_cross_entropy, params, x, jnp.array([0, 2, 1, 0]))
+    >>> [row.path for row in report.rows]
+    ['', 'serial[0]', 'serial[1]', 'serial[2]']
+    >>> print(report)                       # doctest: +SKIP
     """
     if not isinstance(net, Layer) or not isinstance(loss, Loss):
         raise TypeError(f"explain: expected a fbp.Layer and a fbp.losses.Loss, got "

@@ -154,6 +154,23 @@ def check_layer(layer: Layer, input_shape: Shape, *, key: jax.Array | None = Non
 
     train=True checks the training pass (dropout, batch statistics); a key for the layer is
     drawn from `key` then.
+
+    Examples:
+    >>> import jax.numpy as jnp, fbp
+    >>> def scale(c):                       # y = c·x, backward ∂x = c·g
+    ...     def init(key, input_shape):
+    ...         return input_shape, {}
+    ...     def fwd(params, x, *, key=None, train=False):
+    ...         return c * x, ()
+    ...     def bwd(params, res, g):
+    ...         return {}, c * g
+    ...     return fbp.Layer(f"scale({c})", init, fwd, bwd)
+    >>> fbp.check_layer(scale(3.0), (4, 5)).ok
+    True
+    >>> import dataclasses
+    >>> wrong = dataclasses.replace(scale(3.0), bwd=lambda params, res, g: ({}, 2 * 3.0 * g))
+    >>> fbp.check_layer(wrong, (4, 5)).ok
+    False
     """
     if not isinstance(layer, Layer):
         raise TypeError(f"check_layer: expected a fbp.Layer, got {type(layer).__name__}")
