@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--config NAME] [--dtype D] [--device D] [--out DIR] ..."""
+"""python -m benchmarks [--suite NAME] [--quick] [--config NAME] [--peers] [--out DIR] ..."""
 
 import sys
 

@@ -1,8 +1,9 @@
-"""`python -m benchmarks.attention`: memory and time of attention's forward + backward
-against the sequence length T.
+"""The "attention" suite: memory and time of attention's forward + backward against the
+sequence length T (`python -m benchmarks --suite attention`; `python -m benchmarks.attention`
+is the same).
 
-One causal `multi_head_attention(4)` on (1, T, 256) (4 heads of 64), forward then backward
-for a given cotangent (so no loss is in the program), five ways:
+One causal `multi_head_attention(heads)` on (batch, T, heads · head_dim), forward then
+backward for a given cotangent (so no loss is in the program), five ways:
 
 - fbp dense:    `layer.bwd(params, layer.fwd(params, x)[1], g)` — keeps P (T × T per head);
 - fbp chunked:  the same with `chunk_size=c` — keeps O and the per-row log-sum-exp;
@@ -12,48 +13,58 @@ for a given cotangent (so no loss is in the program), five ways:
 
 Memory: XLA's temporary bytes of the compiled program (`memory_analysis()`, nothing run).
 Time: median of interleaved repetitions after warm-up, each ending in block_until_ready,
-only where the program's temporaries fit in `--max-run-gib`. Writes results.json,
-results.md and results.png (log-log memory against T) to benchmarks/results/<device>-attention.
+only where the program's temporaries fit in `max_run_gib`. Each variant's result is
+compared with fbp dense's where both ran. The goals (`GOALS`) are checked against the
+figures and reported met / not met.
 """
 
 from __future__ import annotations
 
-import argparse
-import io
-import json
-import math
-import statistics
-from pathlib import Path
+import sys
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
-from benchmarks.measure import environment, interleaved
-from benchmarks.report import write_atomic
-from fbp import layers as L
+from benchmarks import measure
 
-MiB = 2**20
-HEADS, WIDTH = 4, 256
+MiB, GiB = 2**20, 2**30
+DENSE, CHECKPOINT = "fbp dense", "jax.checkpoint dense"
+AUTODIFF = ("jax.grad dense", "jax.grad dot_product_attention", CHECKPOINT)
+
+# what chunked attention is for; `goals` says whether a run meets them
+GOAL_T = 4096  # memory goals at this length
+GOAL_MEMORY_RATIO = 20.0  # fbp dense / chunked temporary memory, at least
+GOAL_TIME_RATIO = 1.5  # chunked / fbp dense time, at most, wherever dense was timed
+GOAL_LONG_T = 16384
+GOAL_LONG_BYTES = GiB  # chunked temporary memory at GOAL_LONG_T, under
 
 
-def _dpa_forward(layer_params, x, causal: bool):
+def chunked_name(chunk: int) -> str:
+    return f"fbp chunked (c={chunk})"
+
+
+def _dpa_forward(layer_params, x, heads: int, causal: bool):
     """The same attention through jax.nn.dot_product_attention (projections by hand)."""
     b, t, d = x.shape
 
-    def heads(a):
-        return a.reshape(b, t, HEADS, d // HEADS)
+    def split(a):
+        return a.reshape(b, t, heads, d // heads)
 
-    q = heads(x @ layer_params["w_q"] + layer_params["b_q"][None, None, :])
-    k = heads(x @ layer_params["w_k"])
-    v = heads(x @ layer_params["w_v"] + layer_params["b_v"][None, None, :])
+    q = split(x @ layer_params["w_q"] + layer_params["b_q"][None, None, :])
+    k = split(x @ layer_params["w_k"])
+    v = split(x @ layer_params["w_v"] + layer_params["b_v"][None, None, :])
     o = jax.nn.dot_product_attention(q, k, v, is_causal=causal).reshape(b, t, d)
     return o @ layer_params["w_o"] + layer_params["b_o"][None, None, :]
 
 
-def variants(chunk: int):
-    dense = L.multi_head_attention(HEADS, causal=True)
-    chunked = L.multi_head_attention(HEADS, causal=True, chunk_size=chunk)
+def variants(heads: int, chunk: int):
+    """(the dense layer, {variant name: f(params, x, g) -> (∂params, ∂x)})."""
+    from fbp import layers as L
+
+    dense = L.multi_head_attention(heads, causal=True)
+    chunked = L.multi_head_attention(heads, causal=True, chunk_size=chunk)
 
     def manual(layer):
         return lambda p, x, g: layer.bwd(p, layer.fwd(p, x)[1], g)
@@ -62,140 +73,134 @@ def variants(chunk: int):
         return lambda p, x, g: jax.vjp(forward, p, x)[1](g)
 
     return dense, {
-        "fbp dense": manual(dense),
-        f"fbp chunked (c={chunk})": manual(chunked),
+        DENSE: manual(dense),
+        chunked_name(chunk): manual(chunked),
         "jax.grad dense": auto(dense.apply),
-        "jax.grad dot_product_attention": auto(lambda p, x: _dpa_forward(p, x, True)),
-        "jax.checkpoint dense": auto(jax.checkpoint(dense.apply)),
+        "jax.grad dot_product_attention": auto(lambda p, x: _dpa_forward(p, x, heads, True)),
+        CHECKPOINT: auto(jax.checkpoint(dense.apply)),
     }
 
 
-def _inputs(dense, t: int):
+def _inputs(dense, shape, device):
     """Params (init plus small noise: no zero biases), x and the cotangent g, float32."""
-    rng = np.random.default_rng(t)
-    _, params = dense.init(jax.random.key(0), (1, t, WIDTH))
-    noise = [0.02 * rng.standard_normal(a.shape) for a in jax.tree.leaves(params)]
-    params = jax.tree.unflatten(jax.tree.structure(params), [
-        jnp.asarray(a + n, jnp.float32) for a, n in zip(jax.tree.leaves(params), noise)])
-    x = jnp.asarray(rng.standard_normal((1, t, WIDTH)), jnp.float32)
-    g = jnp.asarray(rng.standard_normal((1, t, WIDTH)), jnp.float32)
+    rng = np.random.default_rng(shape[1])
+    with jax.default_device(device):
+        _, params = jax.jit(dense.init, static_argnums=1)(jax.random.key(0), shape)
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    params = jax.tree_util.tree_unflatten(tree, [
+        jax.device_put((np.asarray(a) + 0.02 * rng.standard_normal(a.shape)).astype(np.float32),
+                       device) for a in leaves])
+    x, g = (jax.device_put(rng.standard_normal(shape).astype(np.float32), device)
+            for _ in range(2))
     return params, x, g
 
 
-def _caller(compiled, args):
-    return lambda: compiled(*args)
-
-
-def run(lengths, chunk: int, repeats: int, max_run_gib: float):
-    records = []
-    env = environment(jax.devices()[0])
-    for t in lengths:
-        dense, fns = variants(chunk)
-        params, x, g = _inputs(dense, t)
-        compiled, memory = {}, {}
+def bench(settings, device, progress: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
+    """Records of every (T, variant), then the goal records; notes."""
+    records, notes = [], []
+    width = settings.heads * settings.head_dim
+    for t in tqdm(settings.lengths, desc="attention", unit="T", disable=not progress):
+        dense, fns = variants(settings.heads, settings.chunk)
+        params, x, g = _inputs(dense, (settings.batch, t, width), device)
+        stats, compiled = {}, {}
         for name, f in fns.items():
-            compiled[name] = jax.jit(f).lower(params, x, g).compile()
-            memory[name] = compiled[name].memory_analysis().temp_size_in_bytes
-        runnable = {n: c for n, c in compiled.items() if memory[n] <= max_run_gib * 2**30}
-        times = (interleaved({n: _caller(c, (params, x, g)) for n, c in runnable.items()},
-                             repeats=repeats if t <= 4096 else max(3, repeats // 3), warmup=1)
-                 if runnable else {})
-        ref = compiled["fbp dense"](params, x, g) if "fbp dense" in runnable else None
+            stats[name], compiled[name] = measure.compile_stats(jax.jit(f), params, x, g)
+        limit = settings.max_run_gib * GiB
+        runnable = {n: c for n, c in compiled.items()
+                    if stats[n]["temp_bytes"] is not None and stats[n]["temp_bytes"] <= limit}
+        unknown = [n for n in compiled if stats[n]["temp_bytes"] is None]
+        if unknown:
+            notes.append(f"attention T={t}: no memory analysis for {', '.join(unknown)}; "
+                         "not timed")
+        repeats = settings.repeats if t < settings.long_from else settings.long_repeats
+        outputs = {n: c(params, x, g) for n, c in runnable.items()}  # also a first warm-up
+        args = (params, x, g)
+        times = measure.interleaved({n: (lambda c=c, args=args: c(*args))
+                                     for n, c in runnable.items()},
+                                    repeats=repeats, warmup=max(0, settings.warmup - 1))
         for name in fns:
-            diff = None
-            if ref is not None and name in runnable:
-                out = runnable[name](params, x, g)
-                diff = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-                           for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)))
-            records.append({"kind": "attention", "T": t, "variant": name, "chunk": chunk,
-                            "temp_bytes": memory[name],
-                            "time_s": statistics.median(times[name]) if name in times else None,
-                            "rel_diff_vs_fbp_dense": diff, "environment": env})
-        print(t, {n: f"{memory[n] / MiB:.0f} MiB" for n in fns}, flush=True)
-    return records
+            timed = name in times
+            diff = (measure.max_rel_diff(outputs[name], outputs[DENSE])
+                    if timed and DENSE in outputs else None)
+            summary = measure.summary(times[name]) if timed else dict.fromkeys(
+                ("step_time_s", "step_time_min_s", "step_time_max_s"))
+            records.append({
+                "kind": "attention", "T": t, "variant": name, "chunk": settings.chunk,
+                "heads": settings.heads, "head_dim": settings.head_dim,
+                "batch": settings.batch, "causal": True, "dtype": "float32",
+                **stats[name], **summary, "repeats": len(times.get(name, ())),
+                "timed": timed, "max_run_gib": settings.max_run_gib,
+                "rel_diff_vs_fbp_dense": diff})
+        del outputs, compiled
+        mib = {n: _mib(stats[n]["temp_bytes"]) for n in fns}
+        print(f"attention T={t}: " + ", ".join(f"{n} {m}" for n, m in mib.items()),
+              file=sys.stderr, flush=True)
+    records += goals(records, settings.chunk)
+    return records, notes
 
 
-def markdown(records) -> str:
-    env = records[0]["environment"]
-    lengths = sorted({r["T"] for r in records})
-    names = list(dict.fromkeys(r["variant"] for r in records))
-    by = {(r["T"], r["variant"]): r for r in records}
-    lines = ["# Attention forward + backward against T", "",
-             f"Causal multi_head_attention({HEADS}) on (1, T, {WIDTH}), float32. Device: "
-             f"{env['device']} ({env['cpu_count']} cores); JAX {env['jax_version']}; "
-             f"{env['timestamp']}. Memory: XLA temporary bytes of the compiled fwd+bwd "
-             "(no loss in the program). Time: median of interleaved runs (— : not run, its "
-             "temporaries exceed the run limit).", "",
-             "## Temporary memory (MiB)", "", "| T | " + " | ".join(names) + " |",
-             "|---|" + "---:|" * len(names)]
-    for t in lengths:
-        lines.append(f"| {t} | " + " | ".join(f"{by[t, n]['temp_bytes'] / MiB:.1f}"
-                                             for n in names) + " |")
-    lines += ["", "## Time (ms)", "", "| T | " + " | ".join(names) + " |",
-              "|---|" + "---:|" * len(names)]
-    for t in lengths:
-        lines.append(f"| {t} | " + " | ".join(
-            "—" if by[t, n]["time_s"] is None else f"{1e3 * by[t, n]['time_s']:.1f}"
-            for n in names) + " |")
-    chunked = next(n for n in names if n.startswith("fbp chunked"))
-    lines += ["", "## Ratios", "", "| T | dense / chunked memory | chunked / dense time | "
-              "chunked vs fbp dense, max rel diff |", "|---|---:|---:|---:|"]
-    for t in lengths:
-        d, c = by[t, "fbp dense"], by[t, chunked]
-        time_ratio = (f"{c['time_s'] / d['time_s']:.2f}" if c["time_s"] and d["time_s"]
-                      else "—")
-        diff = c["rel_diff_vs_fbp_dense"]
-        lines.append(f"| {t} | {d['temp_bytes'] / c['temp_bytes']:.1f}× | {time_ratio} | "
-                     f"{'—' if diff is None else f'{diff:.1e}'} |")
-    return "\n".join(lines) + "\n"
+def _mib(n) -> str:
+    return "n/a" if n is None else f"{n / MiB:.1f} MiB"
 
 
-def png(records) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def goals(records, chunk: int) -> list[dict[str, Any]]:
+    """One "goal" record per goal: its statement, the figures, met (True / False / None
+    where this run does not have the lengths it needs)."""
+    by = {(r["T"], r["variant"]): r for r in records if r["kind"] == "attention"}
+    chunked = chunked_name(chunk)
+    lengths = sorted({t for t, _ in by})
+    out = []
 
-    names = list(dict.fromkeys(r["variant"] for r in records))
-    fig = Figure(figsize=(9, 4.2), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_m, ax_t = fig.subplots(1, 2)
-    for name in names:
-        rows = sorted((r for r in records if r["variant"] == name), key=lambda r: r["T"])
-        ax_m.plot([r["T"] for r in rows], [r["temp_bytes"] / MiB for r in rows], "o-",
-                  label=name)
-        timed = [r for r in rows if r["time_s"]]
-        ax_t.plot([r["T"] for r in timed], [1e3 * r["time_s"] for r in timed], "o-", label=name)
-    for ax, what in ((ax_m, "temporary memory (MiB)"), (ax_t, "fwd + bwd time (ms)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length T")
-        ax.set_ylabel(what)
-        ax.grid(True, which="both", alpha=0.3)
-    ax_m.set_title("memory: O(T²) dense, O(T) chunked", fontsize=10)
-    ax_t.set_title("time", fontsize=10)
-    ax_m.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    def goal(text, met, figures):
+        out.append({"kind": "goal", "suite": "attention", "goal": text, "met": met,
+                    "figures": figures})
+
+    c, d = by.get((GOAL_T, chunked)), by.get((GOAL_T, DENSE))
+    text = f"T={GOAL_T}: chunked temporary memory ≥ {GOAL_MEMORY_RATIO:g}× less than fbp dense"
+    if c and d and c["temp_bytes"] and d["temp_bytes"] is not None:
+        ratio = d["temp_bytes"] / c["temp_bytes"]
+        goal(text, ratio >= GOAL_MEMORY_RATIO,
+             f"{_mib(d['temp_bytes'])} / {_mib(c['temp_bytes'])} = {ratio:.1f}×")
+    else:
+        goal(text, None, f"T={GOAL_T} not in this run")
+
+    text = f"T={GOAL_T}: chunked temporary memory below every autodiff variant"
+    autos = [by.get((GOAL_T, n)) for n in AUTODIFF]
+    if c and all(autos) and c["temp_bytes"] is not None:
+        least = min(autos, key=lambda r: r["temp_bytes"])
+        goal(text, all(c["temp_bytes"] < r["temp_bytes"] for r in autos),
+             f"chunked {_mib(c['temp_bytes'])}; least autodiff: {least['variant']} "
+             f"{_mib(least['temp_bytes'])}")
+    else:
+        goal(text, None, f"T={GOAL_T} not in this run")
+
+    text = f"chunked time ≤ {GOAL_TIME_RATIO:g}× fbp dense wherever dense was timed"
+    pairs = [(t, by[t, chunked], by[t, DENSE]) for t in lengths
+             if by[t, DENSE]["timed"] and by[t, chunked]["timed"]]
+    if pairs:
+        ratios = [(cr["step_time_s"] / dr["step_time_s"], t) for t, cr, dr in pairs]
+        worst, at = max(ratios)
+        goal(text, worst <= GOAL_TIME_RATIO,
+             f"worst {worst:.2f}× at T={at} (" + ", ".join(
+                 f"T={t}: {r:.2f}" for r, t in ratios) + ")")
+    else:
+        goal(text, None, "fbp dense not timed at any T")
+
+    c = by.get((GOAL_LONG_T, chunked))
+    text = f"T={GOAL_LONG_T}: chunked temporary memory under {GOAL_LONG_BYTES / GiB:g} GiB"
+    if c and c["temp_bytes"] is not None:
+        goal(text, c["temp_bytes"] < GOAL_LONG_BYTES, _mib(c["temp_bytes"]))
+    else:
+        goal(text, None, f"T={GOAL_LONG_T} not in this run")
+    return out
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.attention", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="T = 128, 256; few repetitions")
-    parser.add_argument("--chunk", type=int, default=256)
-    parser.add_argument("--max-run-gib", type=float, default=4.0,
-                        help="time only programs whose temporaries fit in this many GiB")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    lengths = (128, 256) if args.quick else tuple(2**k for k in range(9, 15))  # 512 … 16384
-    chunk = min(args.chunk, 64) if args.quick else args.chunk
-    records = run(lengths, chunk, 3 if args.quick else 7, args.max_run_gib)
-    out = args.out or Path(__file__).resolve().parent / "results" / (
-        f"{jax.devices()[0].platform}-attention")
-    write_atomic(out / "results.json", (json.dumps(records, indent=2) + "\n").encode())
-    write_atomic(out / "results.md", markdown(records).encode())
-    write_atomic(out / "results.png", png(records))
-    print(markdown(records))
-    return 0 if all(math.isfinite(r["temp_bytes"]) for r in records) else 1
+    """`python -m benchmarks.attention [options]` = `python -m benchmarks --suite attention`."""
+    from benchmarks.cli import main as cli_main
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return cli_main(["--suite", "attention", *args], prog="python -m benchmarks.attention")
 
 
 if __name__ == "__main__":

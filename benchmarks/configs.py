@@ -1,4 +1,5 @@
-"""The benchmark configs: ReLU MLPs, softmax cross-entropy on integer labels, gd(0.01).
+"""The suites and the train-step configs (MLPs, a CNN, a transformer; softmax
+cross-entropy on integer labels, gd(0.01)).
 
 No JAX here, so the command line can list them without importing it.
 """
@@ -22,6 +23,12 @@ class Config:
     kind: str = "mlp"
     example: tuple[int, ...] = ()
     description: str = ""
+    # cnn: conv features per stage (conv 3×3 "SAME" → relu → max-pool 2) and the dense width
+    channels: tuple[int, ...] = ()
+    hidden_width: int = 0
+    # transformer: pre-LN causal blocks and their heads
+    blocks: int = 0
+    heads: int = 0
 
     @property
     def hidden(self) -> tuple[int, ...]:
@@ -47,12 +54,32 @@ CONFIGS = {c.name: c for c in [
     Config("large", (784, 2048, 2048, 10), 1024),
     Config("deep", (784,) + (512,) * 16 + (10,), 256),
     Config("cnn", (784, 10), 128, kind="cnn", example=(28, 28, 1),
-           description="conv3×3(32)-relu-maxpool2-conv3×3(64)-relu-maxpool2-dense(128)-dense(10)"),
+           description="conv3×3(32)-relu-maxpool2-conv3×3(64)-relu-maxpool2-dense(128)-dense(10)",
+           channels=(32, 64), hidden_width=128),
     Config("transformer", (256, 256), 16, kind="transformer", example=(128, 256),
-           description="2 × transformer_block(d=256, 8 heads, causal), seq 128, dense(256) per token"),
+           description="2 × transformer_block(d=256, 8 heads, causal), seq 128, dense(256) per token",
+           blocks=2, heads=8),
     # --quick
     Config("tiny", (64, 32, 32, 10), 32),
     Config("tiny-deep", (64,) + (32,) * 6 + (10,), 16),
+    # tests: the CNN and transformer shapes at a size that compiles in a second
+    Config("tiny-cnn", (64, 10), 8, kind="cnn", example=(8, 8, 1),
+           description="conv3×3(4)-relu-maxpool2-conv3×3(8)-relu-maxpool2-dense(16)-dense(10)",
+           channels=(4, 8), hidden_width=16),
+    Config("tiny-transformer", (16, 16), 2, kind="transformer", example=(8, 16),
+           description="1 × transformer_block(d=16, 2 heads, causal), seq 8, dense(16) per token",
+           blocks=1, heads=2),
 ]}
 DEFAULT_CONFIGS = ("small", "medium", "large", "deep", "cnn", "transformer")
 QUICK_CONFIGS = ("tiny", "tiny-deep")
+
+# what `python -m benchmarks --suite NAME` runs (see benchmarks/README.md)
+SUITES = {
+    "steps": "train step, manual vs jax.grad gradients, on the configs (and --peers)",
+    "attention": "attention forward + backward: temporary memory and time against T",
+    "remat": "value-and-grad with and without remat per block, against jax.checkpoint",
+    "fused-head": "train step with the fused head and loss against dense + cross-entropy",
+    "diagnostics": "fit epochs with diagnostics_every = off, 10, 1",
+}
+# names for several suites at once: the committed result folders that hold them together
+SUITE_GROUPS = {"contract": ("remat", "fused-head", "diagnostics")}

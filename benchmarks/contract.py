@@ -1,49 +1,48 @@
-"""`python -m benchmarks.contract`: what two layer-contract features cost, measured.
+"""The layer-contract suites: what remat, the fused head and diagnostics cost, measured.
 
-- remat: value-and-grad of a deep MLP (blocks dense-gelu-dense-tanh) and of a stack of
+    python -m benchmarks --suite remat --suite fused-head --suite diagnostics
+    python -m benchmarks --suite contract        # the same three
+    python -m benchmarks.contract                # the same
+
+- "remat": value-and-grad of a deep MLP (blocks dense-gelu-dense-tanh) and of a stack of
   causal transformer blocks, each block plain or wrapped in `fbp.layers.remat`, against
   `jax.grad` of the same forward with and without `jax.checkpoint` per block: XLA's
-  temporary memory (`compile().memory_analysis()`) and the step time;
-- diagnostics: `fit(..., diagnostics_every=k)` epochs on the digits MLP, k = off, 10, 1.
+  temporary memory and the time;
+- "fused-head": one `fbp.train.make_step` at `tokens` tokens × `vocab` vocabulary,
+  `linear_softmax_head` + `fused_softmax_cross_entropy` against `dense(vocab)` +
+  `softmax_cross_entropy`: the step's temporary memory and time;
+- "diagnostics": `fit(..., diagnostics_every=k)` epochs on the digits MLP, k = off, 10, 1.
 
-Times are medians of interleaved repetitions in one process, after warm-up, each call
-ending in `block_until_ready`. Writes results.json, results.md and results.png into
-benchmarks/results/<device>-contract/ (or --out).
+Memory and time as everywhere in `benchmarks` (`benchmarks.measure`).
 """
 
 from __future__ import annotations
 
-import argparse
-import io
-import json
 import statistics
-from pathlib import Path
+import sys
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-import fbp
-from benchmarks.measure import environment, interleaved
-from benchmarks.report import write_atomic
-from fbp import layers as L
-from fbp import losses
-
-MiB = 2**20
+from benchmarks import measure
 
 
 def _mlp_block(width):
+    from fbp import layers as L
+
     return L.serial(L.dense(width), L.gelu(), L.dense(width), L.tanh())
 
 
-def _deep(block, depth, use_remat, head, first):
+def _stack(first, block, depth, head, use_remat):
+    from fbp import layers as L
+
     blocks = [L.remat(block()) if use_remat else block() for _ in range(depth)]
     return L.serial(first, *blocks, head)
 
 
-def _checkpointed(net, loss, use_checkpoint):
+def _checkpointed(first, blocks, head, loss, use_checkpoint):
     """jax.grad of the same forward, each block under jax.checkpoint (or not)."""
-    first, *blocks, head = net.children
 
     def objective(params, x, y):
         h = first.apply(params[0], x)
@@ -54,35 +53,116 @@ def _checkpointed(net, loss, use_checkpoint):
     return jax.value_and_grad(objective)
 
 
-def remat_case(name, block, depth, in_shape, n_out, labels_shape, repeats):
-    first = L.dense(in_shape[-1] if name == "mlp" else 128)
-    head = L.dense(n_out)
-    plain = _deep(block, depth, False, head, first)
-    remat = _deep(block, depth, True, head, first)
+def _remat_case(model, block, depth, first_width, in_shape, n_out, label_shape, settings,
+                device):
+    import fbp
+    from fbp import layers as L
+    from fbp import losses
+
+    first, head = L.dense(first_width), L.dense(n_out)
+    plain = _stack(first, block, depth, head, False)
+    remat = _stack(first, block, depth, head, True)
     rng = np.random.default_rng(0)
-    _, params = plain.init(jax.random.key(0), in_shape)
-    x = jnp.asarray(rng.standard_normal(in_shape), jnp.float32)
-    y = jnp.asarray(rng.integers(0, n_out, labels_shape), jnp.int32)
+    with jax.default_device(device):
+        _, params = jax.jit(plain.init, static_argnums=1)(jax.random.key(0), in_shape)
+    x = jax.device_put(rng.standard_normal(in_shape).astype(np.float32), device)
+    y = jax.device_put(rng.integers(0, n_out, label_shape).astype(np.int32), device)
     loss = losses.softmax_cross_entropy
-    fns = {"fbp": jax.jit(fbp.value_and_grad(plain, loss)),
-           "fbp remat": jax.jit(fbp.value_and_grad(remat, loss)),
-           "jax.grad": jax.jit(_checkpointed(plain, loss, False)),
-           "jax.grad + jax.checkpoint": jax.jit(_checkpointed(plain, loss, True))}
-    memory = {k: f.lower(params, x, y).compile().memory_analysis().temp_size_in_bytes
-              for k, f in fns.items()}
-    grads = {k: f(params, x, y)[1] for k, f in fns.items()}
-    ref = jax.tree.leaves(grads["fbp"])
-    diff = {k: max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-                   for a, b in zip(jax.tree.leaves(g), ref)) for k, g in grads.items()}
-    times = interleaved({k: (lambda f=f: f(params, x, y)) for k, f in fns.items()},
-                        repeats=repeats)
-    return [{"kind": "remat", "model": name, "depth": depth, "input": list(in_shape),
-             "variant": k, "temp_bytes": memory[k], "step_time_s": statistics.median(times[k]),
-             "grad_rel_diff_vs_fbp": diff[k]} for k in fns]
+    blocks = plain.children[1:-1]
+    fns = {"fbp": fbp.value_and_grad(plain, loss),
+           "fbp remat": fbp.value_and_grad(remat, loss),
+           "jax.grad": _checkpointed(first, blocks, head, loss, False),
+           "jax.grad + jax.checkpoint": _checkpointed(first, blocks, head, loss, True)}
+    meta = {"fbp": ("manual", False), "fbp remat": ("manual", True),
+            "jax.grad": ("auto", False), "jax.grad + jax.checkpoint": ("auto", True)}
+    stats, runners, grads = {}, {}, {}
+    for name, f in fns.items():
+        stats[name], compiled = measure.compile_stats(jax.jit(f), params, x, y)
+        runners[name] = lambda c=compiled: c(params, x, y)
+        grads[name] = runners[name]()[1]
+    times = measure.interleaved(runners, repeats=settings.repeats, warmup=settings.warmup)
+    records = []
+    for name in fns:
+        grad, per_block = meta[name]
+        records.append({
+            "kind": "remat", "model": model, "depth": depth, "input": list(in_shape),
+            "variant": name, "grad": grad, "per_block": per_block, "dtype": "float32",
+            "repeats": settings.repeats, **stats[name], **measure.summary(times[name]),
+            "grad_rel_diff_vs_fbp": measure.max_rel_diff(grads[name], grads["fbp"])})
+    return records
 
 
-def diagnostics_case(rounds, epochs):
-    from fbp import data
+def bench_remat(settings, device) -> tuple[list[dict[str, Any]], list[str]]:
+    from fbp import layers as L
+
+    s = settings
+    records = _remat_case("mlp", lambda: _mlp_block(s.mlp_width), s.mlp_depth, s.mlp_width,
+                          (s.mlp_batch, s.mlp_width), 10, (s.mlp_batch,), s, device)
+    records += _remat_case("transformer", lambda: L.transformer_block(s.heads, causal=True),
+                           s.blocks, s.width, (s.batch, s.seq, s.features), s.vocab,
+                           (s.batch, s.seq), s, device)
+    return records, []
+
+
+def bench_fused_head(settings, device) -> tuple[list[dict[str, Any]], list[str]]:
+    """One make_step (gd) of embedding → dense → gelu → head over `tokens` tokens: dense +
+    softmax cross-entropy against the fused head and loss. Both start from the same
+    parameters (the same init and key), so they take the same steps."""
+    from fbp import layers as L
+    from fbp import losses
+    from fbp.optim import gd
+    from fbp.train import init_state, make_step
+
+    s = settings
+    if s.tokens % s.seq:
+        raise ValueError(f"fused-head: tokens = {s.tokens} must be a multiple of seq = {s.seq}")
+    fused_head = L.linear_softmax_head(s.vocab)
+    nets = {
+        "dense + softmax_cross_entropy": (L.dense(s.vocab, use_bias=False),
+                                          losses.softmax_cross_entropy),
+        "linear_softmax_head + fused_softmax_cross_entropy": (
+            fused_head, losses.fused_softmax_cross_entropy(fused_head, chunk_size=s.chunk)),
+    }
+    rng = np.random.default_rng(0)
+    shape = (s.tokens // s.seq, s.seq)
+    ids = jax.device_put(rng.integers(0, s.vocab, shape).astype(np.int32), device)
+    labels = jax.device_put(rng.integers(0, s.vocab, shape).astype(np.int32), device)
+    optimizer = gd(s.lr)
+    stats, runners, boxes, first = {}, {}, {}, {}
+    for name, (head, loss) in nets.items():
+        net = L.serial(L.embedding(s.vocab, s.width), L.dense(s.width), L.gelu(), head)
+        step = make_step(net, loss, optimizer)
+        with jax.default_device(device):
+            state = jax.device_put(init_state(net, optimizer, jax.random.key(0), shape), device)
+        stats[name], _ = measure.compile_stats(step, state, ids, labels)
+        box = {"state": state}
+
+        def run(step=step, box=box):
+            box["state"], box["metrics"] = step(box["state"], ids, labels)
+            return box["state"], box["metrics"]
+
+        runners[name], boxes[name] = run, box
+        first[name] = float(jax.block_until_ready(run())[1]["loss"])
+    times = measure.interleaved(runners, repeats=s.repeats, warmup=s.warmup)
+    records = [{"kind": "fused_head", "variant": name, "tokens": s.tokens, "seq": s.seq,
+                "vocab": s.vocab, "width": s.width,
+                "chunk_size": s.chunk if "fused" in name else None, "optimizer": f"gd({s.lr})",
+                "dtype": "float32", "repeats": s.repeats, **stats[name],
+                **measure.summary(times[name]), "first_loss": first[name],
+                "final_loss": float(boxes[name]["metrics"]["loss"])}
+               for name in nets]
+    dense, fused = records
+    for r in records:
+        r["dense_over_fused_temp"] = (dense["temp_bytes"] / fused["temp_bytes"]
+                                      if dense["temp_bytes"] and fused["temp_bytes"] else None)
+        r["fused_over_dense_time"] = fused["step_time_s"] / dense["step_time_s"]
+    return records, []
+
+
+def bench_diagnostics(settings, device) -> tuple[list[dict[str, Any]], list[str]]:
+    """Epoch time of `fit` with diagnostics every k steps; rounds interleave the k's."""
+    from fbp import data, losses
+    from fbp import layers as L
     from fbp.optim import gd
     from fbp.train import fit
 
@@ -90,130 +170,31 @@ def diagnostics_case(rounds, epochs):
     # the MLP of `make run`
     net = L.serial(L.dense(256), L.relu(), L.dropout(0.2), L.dense(128), L.relu(),
                    L.dropout(0.2), L.dense(10))
-    epoch_times = {k: [] for k in (None, 10, 1)}
-    for _ in range(rounds):  # interleaved: off, 10, 1, off, 10, 1, ...
-        for k in epoch_times:
-            _, h = fit(net, losses.softmax_cross_entropy, gd(0.1), (x, y), epochs=epochs,
-                       batch_size=32, progress=False, diagnostics_every=k)
-            epoch_times[k] += h["time_s"][1:]  # the first epoch compiles
-    base = statistics.median(epoch_times[None])
+    epoch_times = {k: [] for k in settings.every}
+    first = {k: [] for k in settings.every}
+    with jax.default_device(device):
+        for _ in range(settings.rounds):  # interleaved: off, 10, 1, off, 10, 1, ...
+            for k in epoch_times:
+                _, h = fit(net, losses.softmax_cross_entropy, gd(0.1), (x, y),
+                           epochs=1 + settings.epochs, batch_size=32, progress=False,
+                           diagnostics_every=k)
+                first[k].append(h["time_s"][0])
+                epoch_times[k] += h["time_s"][1:]  # the first epoch compiles
+    base = statistics.median(epoch_times[settings.every[0]])
     return [{"kind": "diagnostics", "model": "digits MLP 64-256-128-10, dropout 0.2, batch 32",
              "diagnostics_every": k, "epoch_time_s": statistics.median(t),
+             "epoch_time_min_s": min(t), "epoch_time_max_s": max(t),
+             "first_epoch_s": statistics.median(first[k]),
              "cost_vs_off": statistics.median(t) / base - 1, "epochs_timed": len(t)}
-            for k, t in epoch_times.items()]
-
-
-def fused_head_case(repeats, tokens=4096, vocab=32768, width=64):
-    """One make_step (SGD) of embedding → dense → gelu → linear_softmax_head(vocab) over
-    `tokens` tokens: the plain softmax cross-entropy against the fused head's loss."""
-    from fbp.optim import gd
-    from fbp.train import init_state, make_step
-
-    head = L.linear_softmax_head(vocab)
-    net = L.serial(L.embedding(vocab, width), L.dense(width), L.gelu(), head)
-    rng = np.random.default_rng(0)
-    ids = jnp.asarray(rng.integers(0, vocab, (tokens // 512, 512)), jnp.int32)
-    labels = jnp.asarray(rng.integers(0, vocab, (tokens // 512, 512)), jnp.int32)
-    opt = gd(0.1)
-    out, steps, states = [], {}, {}
-    for name, loss in (("plain softmax_cross_entropy", losses.softmax_cross_entropy),
-                       ("fused_softmax_cross_entropy", losses.fused_softmax_cross_entropy(head))):
-        steps[name] = make_step(net, loss, opt)
-        states[name] = init_state(net, opt, jax.random.key(0), ids.shape)
-        memory = jax.jit(fbp.value_and_grad(net, loss)).lower(
-            states[name].params, ids, labels).compile().memory_analysis().temp_size_in_bytes
-        out.append({"kind": "fused_head", "variant": name, "tokens": tokens, "vocab": vocab,
-                    "temp_bytes": memory})
-
-    def runner(name):
-        def run():
-            states[name], m = steps[name](states[name], ids, labels)
-            return m["loss"]
-        return run
-
-    times = interleaved({name: runner(name) for name in steps}, repeats=repeats)
-    for r in out:
-        r["step_time_s"] = statistics.median(times[r["variant"]])
-    return out
-
-
-def markdown(records, env) -> str:
-    lines = ["# Layer contract: remat and diagnostics", "",
-              f"Device: {env['device']} ({env['cpu_count']} cores); JAX {env['jax_version']}, "
-             f"jaxlib {env['jaxlib_version']}; {env['timestamp']}", "",
-             "## remat: temporary memory and time of one value-and-grad", "",
-             "| model | depth | variant | temp MiB | step ms | grad rel diff vs fbp |",
-             "|---|---|---|---:|---:|---:|"]
-    for r in records:
-        if r["kind"] == "remat":
-            lines.append(f"| {r['model']} {tuple(r['input'])} | {r['depth']} | {r['variant']} | "
-                         f"{r['temp_bytes'] / MiB:.1f} | {1e3 * r['step_time_s']:.1f} | "
-                         f"{r['grad_rel_diff_vs_fbp']:.1e} |")
-    lines += ["", "## Diagnostics inside fit: epoch time", "",
-              "| diagnostics_every | epoch ms (median) | cost vs off | epochs timed |",
-              "|---|---:|---:|---:|"]
-    for r in records:
-        if r["kind"] == "diagnostics":
-            k = r["diagnostics_every"]
-            lines.append(f"| {'off' if k is None else k} | {1e3 * r['epoch_time_s']:.2f} | "
-                         f"{100 * r['cost_vs_off']:+.1f}% | {r['epochs_timed']} |")
-    fused = [r for r in records if r["kind"] == "fused_head"]
-    if fused:
-        lines += ["", f"## Fused head: one train step, {fused[0]['tokens']} tokens × "
-                  f"{fused[0]['vocab']} vocabulary", "",
-                  "| loss | temp MiB (value-and-grad) | step ms |", "|---|---:|---:|"]
-        for r in fused:
-            lines.append(f"| {r['variant']} | {r['temp_bytes'] / MiB:.1f} | "
-                         f"{1e3 * r['step_time_s']:.1f} |")
-    return "\n".join(lines) + "\n"
-
-
-def png(records) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    remat = [r for r in records if r["kind"] == "remat"]
-    models = sorted({r["model"] for r in remat})
-    fig = Figure(figsize=(5.5 * len(models), 4), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    for i, model in enumerate(models):
-        ax = fig.add_subplot(1, len(models), i + 1)
-        rows = [r for r in remat if r["model"] == model]
-        ax.bar([r["variant"] for r in rows], [r["temp_bytes"] / MiB for r in rows],
-               color=["C0", "C1", "C2", "C3"][:len(rows)])
-        ax.set_ylabel("XLA temporary memory (MiB)")
-        ax.set_title(f"{model}, {rows[0]['depth']} blocks: value-and-grad", fontsize=10)
-        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+            for k, t in epoch_times.items()], []
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.contract", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    env = environment(jax.devices()[0])
-    out = args.out or Path(__file__).resolve().parent / "results" / (
-        f"{jax.devices()[0].platform}-contract")
-    repeats, rounds, epochs = (5, 1, 3) if args.quick else (20, 4, 8)
-    depth, batch = (4, 64) if args.quick else (16, 512)
-    records = remat_case("mlp", lambda: _mlp_block(256), depth, (batch, 256), 10, (batch,),
-                         repeats)
-    seq = (2, 64, 16) if args.quick else (8, 256, 16)
-    records += remat_case("transformer", lambda: L.transformer_block(4, causal=True),
-                          2 if args.quick else 4, seq, 32, seq[:2], repeats)
-    records += diagnostics_case(rounds, epochs)
-    records += (fused_head_case(repeats, tokens=512, vocab=2048) if args.quick
-                else fused_head_case(repeats))
-    for r in records:
-        r["environment"] = env
-    write_atomic(out / "results.json", (json.dumps(records, indent=2) + "\n").encode())
-    write_atomic(out / "results.md", markdown(records, env).encode())
-    write_atomic(out / "results.png", png(records))
-    print(markdown(records, env))
-    return 0
+    """`python -m benchmarks.contract [options]` = `python -m benchmarks --suite contract`."""
+    from benchmarks.cli import main as cli_main
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return cli_main(["--suite", "contract", *args], prog="python -m benchmarks.contract")
 
 
 if __name__ == "__main__":

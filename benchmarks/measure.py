@@ -1,8 +1,13 @@
 """How things are measured: interleaved wall-clock timing, compile time, XLA's cost and memory.
 
     times = interleaved({"manual": run_a, "auto": run_b}, repeats=30)   # A B B A A B ...
-    stats = compile_stats(jax.jit(step), state, x, y)   # lower + compile a fresh function
+    stats, compiled = compile_stats(jax.jit(step), state, x, y)  # lower + compile, memory
     summary(times["manual"])                             # median, min, max
+    max_rel_diff(grads_a, grads_b)                       # max |a − b| / max |b| over leaves
+
+Every suite uses these: memory is always XLA's own account of the compiled program
+(`jax.jit(f).lower(...).compile().memory_analysis()`), time always the median of
+interleaved calls after warm-up.
 
 Every timed call is followed by `jax.block_until_ready` on its result, so a time is the
 whole step as the caller sees it: dispatch + device work. Interleaving the contenders in
@@ -20,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import jax
+import numpy as np
 
 
 def interleaved(runners: dict[str, Callable[[], Any]], *, repeats: int,
@@ -47,6 +53,27 @@ def summary(times: list[float]) -> dict[str, float]:
     """The median (the number reported), with min and max to show the spread."""
     return {"step_time_s": statistics.median(times), "step_time_min_s": min(times),
             "step_time_max_s": max(times)}
+
+
+def max_rel_diff(a, b) -> float:
+    """The largest relative difference of two pytrees: over leaves, max |a − b| / max |b|
+    (max |a − b| where b is all zeros), in float64 on the host. ValueError when the trees
+    differ in structure or a leaf's shape."""
+    leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+    if tree_a != tree_b:
+        raise ValueError(f"max_rel_diff: the trees differ: {tree_a} vs {tree_b}")
+    worst = 0.0
+    for x, y in zip(leaves_a, leaves_b):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if x.shape != y.shape:
+            raise ValueError(f"max_rel_diff: leaf shapes differ: {x.shape} vs {y.shape}")
+        if x.size == 0:
+            continue
+        err = float(np.max(np.abs(x - y)))
+        scale = float(np.max(np.abs(y)))
+        worst = max(worst, err / scale if scale > 0 else err)
+    return worst
 
 
 def _first_dict(analysis: Any) -> dict | None:

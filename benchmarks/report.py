@@ -79,21 +79,63 @@ def _step_pairs(records):
     return [(by[c, "manual"], by[c, "auto"]) for c in configs]
 
 
+SECTION_TITLES = {
+    "steps": "Train step: manual vs automatic gradients",
+    "attention": "Attention forward + backward against T",
+    "remat": "remat: temporary memory and time of one value-and-grad",
+    "fused-head": "Fused head: one train step",
+    "diagnostics": "Diagnostics inside fit: epoch time",
+}
+
+
+def _suites(records) -> list[str]:
+    run = (_of(records, "run") or [{}])[0]
+    present = list(dict.fromkeys(r.get("suite", "steps") for r in records
+                                 if r.get("kind") != "run"))
+    return run.get("suites") or present
+
+
 def markdown(records: list[dict[str, Any]], notes: list[str]) -> str:
+    """results.md: a header (device, versions, method), then one section per suite run."""
     run = (_of(records, "run") or [{}])[0]
     env = next((r for r in records if "jax_version" in r), {})
+    suites = _suites(records)
+    peer_versions = sorted({f"{r['framework']} {r['peer_version']}"
+                            for r in _of(records, "peer")})
+    lines = ["# fbp benchmarks: " + ", ".join(suites), "",
+             f"Device **{env.get('device')}**, JAX {env.get('jax_version')} / jaxlib "
+             f"{env.get('jaxlib_version')}, Python {env.get('python_version')}, "
+             f"{env.get('cpu_count')} CPUs"
+             + (f"; peers: {', '.join(peer_versions)}" if peer_versions else "")
+             + f"; {run.get('timestamp', env.get('timestamp'))}. Times are medians of "
+             "repetitions after warm-up, the contenders of a table interleaved in one process, "
+             "each call ended by `block_until_ready` (min–max in parentheses where shown); "
+             "memory is XLA's temporary bytes of the compiled program "
+             "(`jax.jit(f).lower(...).compile().memory_analysis()`).", ""]
+    sections = {"steps": _steps_section, "attention": _attention_section,
+                "remat": _remat_section, "fused-head": _fused_head_section,
+                "diagnostics": _diagnostics_section}
+    for suite in suites:
+        body = sections[suite](records, run.get("settings", {}))
+        if body:
+            lines += [f"## {SECTION_TITLES[suite]}", ""] + body + [""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["Columns and method: see benchmarks/README.md.", ""]
+    return "\n".join(lines)
+
+
+def _steps_section(records, settings) -> list[str]:
     matmul = (_of(records, "matmul") or [None])[0]
-    settings = run.get("settings", {})
-    lines = ["# fbp benchmarks: manual vs automatic gradients", "",
-             f"Device **{env.get('device')}**, dtype **{settings.get('dtype')}**"
+    pairs = _step_pairs(records)
+    if not pairs and not _of(records, "epoch_mode") and not _of(records, "fused_ce"):
+        return []
+    lines = [f"dtype **{settings.get('dtype')}**"
              + (f", precision **{settings['precision']}** (bfloat16 forward and backward, "
                 f"{settings.get('dtype')} master parameters, loss and update)"
-                if settings.get("precision") else "") + ", "
-             f"JAX {env.get('jax_version')} / jaxlib {env.get('jaxlib_version')}, "
-             f"Python {env.get('python_version')}, {env.get('cpu_count')} CPUs, "
-             f"{env.get('timestamp')}. Train step = forward + loss + gradient + gd(0.01) update, "
-             f"jitted with the state donated; median of {settings.get('repeats')} interleaved "
-             "repetitions (min–max in parentheses).", ""]
+                if settings.get("precision") else "")
+             + ". Train step = forward + loss + gradient + gd(0.01) update, jitted with the "
+             f"state donated; median of {settings.get('repeats')} interleaved repetitions.", ""]
     if matmul:
         bursts = ", ".join(_num(r, ".0f", 1e-9) for r in matmul.get("burst_rates", []))
         lines += [f"Measured matmul rate: **{_num(matmul['peak_flops_per_s'], '.1f', 1e-9)} "
@@ -112,18 +154,7 @@ def markdown(records: list[dict[str, Any]], notes: list[str]) -> str:
             f"| {_pair(m['compile_time_s'], a['compile_time_s'], '.2f')} "
             f"| {_pair(m['temp_bytes'], a['temp_bytes'], '.2f', 1 / MiB)} "
             f"| {_pair(m['matmul_fraction'], a['matmul_fraction'], '.1f', 100)} |")
-    peers = _of(records, "peer")
-    if peers:
-        lines += ["", "Peers (same MLP, plain SGD step, own init and loss, timed interleaved "
-                  "with fbp):", "",
-                  "| config | peer | ms | fbp manual / peer | fbp auto / peer | compile s "
-                  "| temp MiB |", "|---|---|---:|---:|---:|---:|---:|"]
-        for p in peers:
-            lines.append(
-                f"| {p['config']} | {p['framework']} {p.get('peer_version', '')} | {_ms(p)} "
-                f"| {p['fbp_manual_over_peer']:.2f} | {p['fbp_auto_over_peer']:.2f} "
-                f"| {_num(p.get('compile_time_s'), '.2f')} "
-                f"| {_num(p.get('temp_bytes'), '.2f', 1 / MiB)} |")
+    lines += _peers_block(records)
     sweep = _of(records, "devices")
     if sweep:
         forced = any(r.get("forced_host_devices") for r in sweep)
@@ -165,26 +196,219 @@ def markdown(records: list[dict[str, Any]], notes: list[str]) -> str:
                          f"| {f[f'{name}_loss']:.6f} |")
         lines += ["", f"temporary memory unfused / fused: **{f['temp_ratio']:.1f}×**; "
                   f"time fused / unfused: **{f['time_ratio']:.2f}**"]
-    if notes:
-        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
-    lines += ["", "Columns and method: see benchmarks/README.md.", ""]
-    return "\n".join(lines)
+    return lines
+
+
 
 
 def _steps(n: int) -> str:
     return f"{n} step" if n == 1 else f"{n} steps"
 
 
+# Why a peer is faster than fbp where it is, per (peer, model kind): what was measured about
+# it (benchmarks/README.md, "Peers"). Printed only under a run where that peer is faster.
+PEER_FASTER_BECAUSE: dict[tuple[str, str], str] = {}
+FASTER = 1.05  # fbp manual / peer above this: the peer counts as faster
+
+
+def _peers_block(records) -> list[str]:
+    peers = _of(records, "peer")
+    if not peers:
+        return []
+    fbp_params = {r["config"]: r["params"] for r in _of(records, "step")}
+    lines = ["", "Peers: the same model, loss (mean softmax cross-entropy) and plain SGD step in "
+             "other libraries, started from fbp's initial parameters where they map (then the "
+             "first loss must equal fbp's: the rel. diff column), timed in one interleaved "
+             "rotation with fbp manual and auto (the ratios come from that rotation; > 1: the "
+             "peer is faster):", "",
+             "| config | peer | params (fbp) | start | first loss rel. diff | ms "
+             "| fbp manual / peer | fbp auto / peer | compile s | temp MiB |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for p in peers:
+        params = f"{p.get('peer_params', 0):,}"
+        if p.get("peer_params") != fbp_params.get(p["config"]):
+            params += f" ({fbp_params.get(p['config'], 0):,})"
+        lines.append(
+            f"| {p['config']} | {p['framework']} {p.get('peer_version', '')} | {params} "
+            f"| {'fbp' if p.get('peer_init') == 'fbp' else 'own init'} "
+            f"| {_num(p.get('first_loss_rel_diff_vs_fbp'), '.1e')} | {_ms(p)} "
+            f"| {p['fbp_manual_over_peer']:.2f} | {p['fbp_auto_over_peer']:.2f} "
+            f"| {_num(p.get('compile_time_s'), '.2f')} "
+            f"| {_num(p.get('temp_bytes'), '.2f', 1 / MiB)} |")
+    faster = [p for p in peers if p["fbp_manual_over_peer"] > FASTER]
+    if any(p.get("peer_params") != fbp_params.get(p["config"]) for p in peers):
+        lines += ["", "A peer's parameter count differs where its attention has a key bias "
+                  "(fbp's has none: the softmax cancels it, its gradient is zero); it starts "
+                  "at zero, so the function is the same."]
+    if faster:
+        lines += ["", "Where a peer is faster than fbp manual (by more than "
+                  f"{100 * (FASTER - 1):.0f}%):", ""]
+        for p in faster:
+            why = PEER_FASTER_BECAUSE.get((p["framework"], p.get("model_kind")),
+                                          "not investigated")
+            lines.append(f"- {p['config']}: {p['framework']} {p['fbp_manual_over_peer']:.2f}× "
+                         f"— {why}")
+    else:
+        lines += ["", "No peer is faster than fbp manual by more than "
+                  f"{100 * (FASTER - 1):.0f}% here."]
+    return lines
+
+
+def _attention_section(records, settings) -> list[str]:
+    from benchmarks.attention import DENSE
+
+    rows = _of(records, "attention")
+    if not rows:
+        return []
+    first = rows[0]
+    lengths = sorted({r["T"] for r in rows})
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    chunked = next(n for n in names if n.startswith("fbp chunked"))
+    by = {(r["T"], r["variant"]): r for r in rows}
+    lines = [f"Causal `multi_head_attention({first['heads']})` on ({first['batch']}, T, "
+             f"{first['heads'] * first['head_dim']}) ({first['heads']} heads of "
+             f"{first['head_dim']}), {first['dtype']}: forward then backward for a given "
+             "cotangent (no loss in the program). Time: median of interleaved runs, "
+             f"— where not run (temporaries over {first['max_run_gib']:g} GiB).", "",
+             "### Goals", "", "| goal | figures | |", "|---|---|---|"]
+    for g in _of(records, "goal"):
+        verdict = {True: "**met**", False: "**not met**", None: "not evaluated"}[g["met"]]
+        lines.append(f"| {g['goal']} | {g['figures']} | {verdict} |")
+    header = "| T | " + " | ".join(names) + " |"
+    rule = "|---|" + "---:|" * len(names)
+    lines += ["", "### Temporary memory (MiB)", "", header, rule]
+    for t in lengths:
+        lines.append(f"| {t} | " + " | ".join(_num(by[t, n]["temp_bytes"], ".1f", 1 / MiB)
+                                             for n in names) + " |")
+    lines += ["", "### Time (ms)", "", header, rule]
+    for t in lengths:
+        lines.append(f"| {t} | " + " | ".join(
+            "—" if by[t, n]["step_time_s"] is None else _num(by[t, n]["step_time_s"], ".1f", 1e3)
+            for n in names) + " |")
+    lines += ["", "### Chunked against fbp dense", "",
+              "| T | dense / chunked memory | chunked / dense time | max rel. diff |",
+              "|---|---:|---:|---:|"]
+    for t in lengths:
+        d, c = by[t, DENSE], by[t, chunked]
+        time_ratio = (f"{c['step_time_s'] / d['step_time_s']:.2f}"
+                      if c["step_time_s"] and d["step_time_s"] else "—")
+        mem = (f"{d['temp_bytes'] / c['temp_bytes']:.1f}×"
+               if d["temp_bytes"] and c["temp_bytes"] else "n/a")
+        diff = c["rel_diff_vs_fbp_dense"]
+        lines.append(f"| {t} | {mem} | {time_ratio} | "
+                     f"{'—' if diff is None else _num(diff, '.1e')} |")
+    return lines
+
+
+def _remat_section(records, settings) -> list[str]:
+    rows = _of(records, "remat")
+    if not rows:
+        return []
+    lines = ["Each block plain or rematerialized: `fbp.layers.remat(block)` on the manual "
+             "side, `jax.checkpoint(block.apply)` under `jax.value_and_grad` on the other; "
+             f"float32, median of {rows[0]['repeats']} interleaved repetitions.", "",
+             "| model (input) | blocks | variant | temp MiB | ms | compile s "
+             "| grad rel. diff vs fbp |", "|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} {tuple(r['input'])} | {r['depth']} | {r['variant']} "
+                     f"| {_num(r['temp_bytes'], '.1f', 1 / MiB)} | {_ms(r)} "
+                     f"| {_num(r['compile_time_s'], '.2f')} "
+                     f"| {_num(r['grad_rel_diff_vs_fbp'], '.1e')} |")
+    lines.append("")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        by = {r["variant"]: r for r in rows if r["model"] == model}
+        parts = []
+        for base, remat, what in (("fbp", "fbp remat", "fbp remat"),
+                                  ("jax.grad", "jax.grad + jax.checkpoint", "jax.checkpoint")):
+            b, c = by.get(base), by.get(remat)
+            if b and c and b["temp_bytes"] and c["temp_bytes"]:
+                parts.append(f"{what}: memory {_num(b['temp_bytes'], '.1f', 1 / MiB)} → "
+                             f"{_num(c['temp_bytes'], '.1f', 1 / MiB)} MiB "
+                             f"(×{c['temp_bytes'] / b['temp_bytes']:.2f}), time "
+                             f"×{c['step_time_s'] / b['step_time_s']:.2f}")
+        lines.append(f"- {model}: " + "; ".join(parts))
+    return lines
+
+
+def _fused_head_section(records, settings) -> list[str]:
+    rows = _of(records, "fused_head")
+    if not rows:
+        return []
+    r0 = rows[0]
+    lines = [f"`fbp.train.make_step` (gd) of embedding({r0['vocab']}, {r0['width']}) → "
+             f"dense({r0['width']}) → gelu → head over {r0['tokens']:,} tokens "
+             f"({r0['tokens'] // r0['seq']} rows of {r0['seq']}) × {r0['vocab']:,} vocabulary, "
+             "float32; both start from the same parameters, so they take the same steps "
+             f"(first and final losses agree). Median of {r0['repeats']} interleaved steps.",
+             "", "| head + loss | temp MiB | ms | compile s | first loss | final loss |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        chunk = f" (chunks of {r['chunk_size']})" if r.get("chunk_size") else ""
+        lines.append(f"| {r['variant']}{chunk} | {_num(r['temp_bytes'], '.1f', 1 / MiB)} "
+                     f"| {_ms(r)} | {_num(r['compile_time_s'], '.2f')} "
+                     f"| {r['first_loss']:.6f} | {r['final_loss']:.6f} |")
+    lines += ["", f"temporary memory dense / fused: **{_num(r0['dense_over_fused_temp'], '.1f')}×**;"
+              f" time fused / dense: **{r0['fused_over_dense_time']:.2f}**"]
+    return lines
+
+
+def _diagnostics_section(records, settings) -> list[str]:
+    rows = _of(records, "diagnostics")
+    if not rows:
+        return []
+    lines = [f"`fbp.train.fit(..., diagnostics_every=k)`, {rows[0]['model']}; median epoch "
+             "time over the epochs after each run's first (which compiles), the settings "
+             "interleaved run by run.", "",
+             "| diagnostics_every | epoch ms | cost vs off | epochs timed |",
+             "|---|---:|---:|---:|"]
+    for r in rows:
+        k = r["diagnostics_every"]
+        lines.append(f"| {'off' if k is None else k} "
+                     f"| {1e3 * r['epoch_time_s']:.2f} ({1e3 * r['epoch_time_min_s']:.2f}–"
+                     f"{1e3 * r['epoch_time_max_s']:.2f}) "
+                     f"| {100 * r['cost_vs_off']:+.1f}% | {r['epochs_timed']} |")
+    return lines
+
+
+# --- results.png: one row of panels per suite ---------------------------------------------
+
 def png(records: list[dict[str, Any]]) -> bytes:
-    """Two panels: manual/auto per config (bars, line at 1), step time vs params (log-log)."""
+    """One row of (up to) two panels per suite run; see benchmarks/README.md."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    painters = {"steps": _plot_steps, "attention": _plot_attention, "remat": _plot_remat,
+                "fused-head": _plot_fused_head, "diagnostics": _plot_diagnostics}
+    rows = [s for s in _suites(records) if painters[s](records, None)]
+    rows = rows or ["none"]
+    fig = Figure(figsize=(11, 4.2 * len(rows)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), 2, squeeze=False)
+    for suite, (left, right) in zip(rows, axes):
+        if suite == "none":
+            left.text(0.5, 0.5, "no results", ha="center", va="center")
+            left.set_axis_off()
+            right.set_axis_off()
+            continue
+        painters[suite](records, (left, right))
+    env = next((r for r in records if "device" in r), {})
+    fig.suptitle(f"fbp benchmarks: {', '.join(_suites(records))} — {env.get('device')}, "
+                 f"JAX {env.get('jax_version')}", fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def _plot_steps(records, axes) -> bool:
+    """manual/auto per config (bars, line at 1); step time vs params (log-log)."""
     from matplotlib.ticker import NullFormatter
 
     pairs = _step_pairs(records)
-    fig = Figure(figsize=(11, 4.2))
-    FigureCanvasAgg(fig)
-    ax_ratio, ax_time = fig.subplots(1, 2)
+    if not pairs:
+        return False
+    if axes is None:
+        return True
+    ax_ratio, ax_time = axes
     names = [m["config"] for m, _ in pairs]
     ratios = [m["step_time_s"] / a["step_time_s"] for m, a in pairs]
     ax_ratio.bar(names, ratios, color="tab:blue")
@@ -192,14 +416,17 @@ def png(records: list[dict[str, Any]]) -> bytes:
     for i, r in enumerate(ratios):
         ax_ratio.annotate(f"{r:.2f}", (i, r), ha="center", va="bottom", fontsize=9)
     ax_ratio.set_ylabel("step time manual / auto")
-    ax_ratio.set_title("manual vs jax.grad (< 1: manual faster)")
+    env = pairs[0][0]
+    precision = f", precision {env['precision']}" if env.get("precision") else ""
+    ax_ratio.set_title(f"manual vs jax.grad (< 1: manual faster), {env.get('dtype')}{precision}",
+                       fontsize=10)
 
     series = {"manual": [m for m, _ in pairs], "auto": [a for _, a in pairs]}
     for p in _of(records, "peer"):
         series.setdefault(p["framework"], []).append(p)
     for name, rs in series.items():
         # the MLPs are one family, joined by a line; other models (CNN, transformer) are
-        # points of their own
+        # points of their own; every contender is placed at fbp's parameter count
         rs = sorted(rs, key=lambda r: r["params"])
         mlps = [r for r in rs if r["model_kind"] == "mlp"]
         line, = ax_time.plot([r["params"] for r in mlps], [1e3 * r["step_time_s"] for r in mlps],
@@ -216,13 +443,106 @@ def png(records: list[dict[str, Any]]) -> bytes:
     ax_time.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap
     ax_time.set_xlabel("parameters")
     ax_time.set_ylabel("median step time (ms)")
-    ax_time.set_title("train step time vs model size (■: not an MLP)")
-    ax_time.legend()
-    env = next((r for r in records if r.get("kind") == "step"), {})
-    precision = f", precision {env['precision']}" if env.get("precision") else ""
-    fig.suptitle(f"fbp train step, {env.get('device')}, {env.get('dtype')}{precision}",
-                 fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
+    ax_time.set_title("train step time vs model size (■: not an MLP)", fontsize=10)
+    ax_time.legend(fontsize=8)
+    return True
+
+
+def _plot_attention(records, axes) -> bool:
+    """Temporary memory and time against T, log-log, one line per variant."""
+    rows = _of(records, "attention")
+    if not rows:
+        return False
+    if axes is None:
+        return True
+    ax_m, ax_t = axes
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["T"])
+        sized = [r for r in mine if r["temp_bytes"] is not None]
+        ax_m.plot([r["T"] for r in sized], [r["temp_bytes"] / MiB for r in sized], "o-",
+                  label=name)
+        timed = [r for r in mine if r["step_time_s"]]
+        ax_t.plot([r["T"] for r in timed], [1e3 * r["step_time_s"] for r in timed], "o-",
+                  label=name)
+    for ax, what in ((ax_m, "temporary memory (MiB)"), (ax_t, "fwd + bwd time (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel(what)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_m.set_title("attention memory: O(T²) dense, O(T) chunked", fontsize=10)
+    ax_t.set_title("attention time", fontsize=10)
+    ax_m.legend(fontsize=7)
+    return True
+
+
+def _grouped_bars(ax, groups: dict[str, dict[str, float]], ylabel: str, title: str) -> None:
+    """Bars per group (x) and variant (colour)."""
+    variants = list(dict.fromkeys(v for g in groups.values() for v in g))
+    width = 0.8 / max(1, len(variants))
+    for j, v in enumerate(variants):
+        xs = [i + (j - (len(variants) - 1) / 2) * width for i in range(len(groups))]
+        ax.bar(xs, [g.get(v, 0.0) for g in groups.values()], width, label=v,
+               color=f"C{j}")
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+
+
+def _plot_remat(records, axes) -> bool:
+    rows = _of(records, "remat")
+    if not rows:
+        return False
+    if axes is None:
+        return True
+    groups_m: dict[str, dict[str, float]] = {}
+    groups_t: dict[str, dict[str, float]] = {}
+    for r in rows:
+        key = f"{r['model']}, {r['depth']} blocks"
+        groups_m.setdefault(key, {})[r["variant"]] = (r["temp_bytes"] or 0) / MiB
+        groups_t.setdefault(key, {})[r["variant"]] = 1e3 * r["step_time_s"]
+    _grouped_bars(axes[0], groups_m, "XLA temporary memory (MiB)", "remat: memory")
+    _grouped_bars(axes[1], groups_t, "value-and-grad time (ms)", "remat: time")
+    return True
+
+
+def _plot_fused_head(records, axes) -> bool:
+    rows = _of(records, "fused_head")
+    if not rows:
+        return False
+    if axes is None:
+        return True
+    labels = ["dense + CE" if "fused" not in r["variant"] else "fused head + loss"
+              for r in rows]
+    title = f"fused head: {rows[0]['tokens']} tokens × {rows[0]['vocab']} vocabulary"
+    for ax, values, what in ((axes[0], [(r["temp_bytes"] or 0) / MiB for r in rows],
+                              "train step temporary memory (MiB)"),
+                             (axes[1], [1e3 * r["step_time_s"] for r in rows],
+                              "train step time (ms)")):
+        ax.bar(labels, values, color=["C0", "C1"][:len(rows)])
+        for i, v in enumerate(values):
+            ax.annotate(f"{v:.1f}", (i, v), ha="center", va="bottom", fontsize=9)
+        ax.set_ylabel(what)
+        ax.set_title(title, fontsize=10)
+    return True
+
+
+def _plot_diagnostics(records, axes) -> bool:
+    rows = _of(records, "diagnostics")
+    if not rows:
+        return False
+    if axes is None:
+        return True
+    labels = ["off" if r["diagnostics_every"] is None else f"every {r['diagnostics_every']}"
+              for r in rows]
+    values = [1e3 * r["epoch_time_s"] for r in rows]
+    axes[0].bar(labels, values, color="tab:blue")
+    axes[0].set_ylabel("median epoch time (ms)")
+    axes[0].set_title("fit with diagnostics_every = k", fontsize=10)
+    costs = [100 * r["cost_vs_off"] for r in rows]
+    axes[1].bar(labels, costs, color="tab:orange")
+    axes[1].axhline(0.0, color="black", linewidth=1)
+    axes[1].set_ylabel("epoch time vs off (%)")
+    axes[1].set_title("cost of the diagnostics", fontsize=10)
+    return True

@@ -1,10 +1,14 @@
-"""The suite: the same train step with manual and with automatic gradients, side by side.
+"""What `python -m benchmarks` runs: the suites (`Settings.suites`) and their settings.
 
-For each MLP config: one jitted `fbp.train.make_step` per gradient ("manual": the
-hand-written backward, "auto": `jax.grad`), same initial state, same batch, compiled
-fresh (timed), warmed up, then timed interleaved. Beside them: the measured matmul
-rate (the ceiling a step's flops are compared with) and one epoch as a compiled
-`lax.scan` vs a Python loop of steps, through `fbp.train.fit`.
+The "steps" suite, for each config: one jitted `fbp.train.make_step` per gradient
+("manual": the hand-written backward, "auto": `jax.grad`), same initial state, same
+batch, compiled fresh (timed), warmed up, then timed interleaved (with the peers, when
+asked). Beside them: the measured matmul rate (the ceiling a step's flops are compared
+with), one epoch as a compiled `lax.scan` vs a Python loop of steps through
+`fbp.train.fit`, and fused vs unfused linear + cross-entropy. The other suites live in
+`benchmarks.attention` ("attention") and `benchmarks.contract` ("remat", "fused-head",
+"diagnostics"); all of them measure with `benchmarks.measure` and report through
+`benchmarks.report`.
 """
 
 from __future__ import annotations
@@ -19,16 +23,89 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmarks import measure
-from benchmarks.configs import CONFIGS, DEFAULT_CONFIGS, QUICK_CONFIGS, Config
+from benchmarks.configs import CONFIGS, DEFAULT_CONFIGS, QUICK_CONFIGS, SUITES, Config
 
 LEARNING_RATE = 0.01
 SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    """What to run and how often (the defaults are the full suite)."""
+class AttentionSettings:
+    """`multi_head_attention(heads, causal=True)` forward + backward on (batch, T, heads ·
+    head_dim), float32, for each T; timed where a program's temporaries fit in
+    `max_run_gib`, `repeats` times (`long_repeats` from T = `long_from` on)."""
 
+    lengths: tuple[int, ...] = tuple(2**k for k in range(9, 15))  # 512 … 16384
+    heads: int = 4
+    head_dim: int = 64
+    batch: int = 1
+    chunk: int = 256
+    max_run_gib: float = 4.0
+    repeats: int = 7
+    long_repeats: int = 3
+    long_from: int = 8192
+    warmup: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RematSettings:
+    """Value-and-grad of two block stacks, float32: an MLP (dense(width) → `mlp_depth` ×
+    [dense-gelu-dense-tanh] → dense(10)) on (mlp_batch, width), and a transformer
+    (dense(width) → `blocks` × causal transformer_block(heads) → dense(vocab)) on
+    (batch, seq, features), labels per token."""
+
+    mlp_depth: int = 16
+    mlp_batch: int = 512
+    mlp_width: int = 256
+    blocks: int = 4
+    batch: int = 8
+    seq: int = 256
+    features: int = 16
+    width: int = 128
+    heads: int = 4
+    vocab: int = 32
+    repeats: int = 20
+    warmup: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedHeadSettings:
+    """One `make_step` (gd) of embedding(vocab, width) → dense(width) → gelu → head over
+    `tokens` tokens (rows of `seq`): `linear_softmax_head` + `fused_softmax_cross_entropy`
+    (chunks of `chunk`) against `dense(vocab, use_bias=False)` + `softmax_cross_entropy`."""
+
+    tokens: int = 4096
+    seq: int = 512
+    vocab: int = 32768
+    width: int = 64
+    chunk: int = 1024
+    lr: float = 0.1
+    repeats: int = 20
+    warmup: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagnosticsSettings:
+    """`fit` on the digits MLP (64-256-128-10, dropout 0.2, batch 32) with
+    `diagnostics_every` = each of `every` (None: off), `rounds` × (1 + `epochs`) epochs."""
+
+    every: tuple = (None, 10, 1)
+    rounds: int = 4
+    epochs: int = 8
+
+
+QUICK_ATTENTION = AttentionSettings(lengths=(128, 256), chunk=64, repeats=3, long_repeats=3)
+QUICK_REMAT = RematSettings(mlp_depth=4, mlp_batch=64, blocks=2, batch=2, seq=64, repeats=5)
+QUICK_FUSED_HEAD = FusedHeadSettings(tokens=512, seq=128, vocab=2048, chunk=512, repeats=5,
+                                     warmup=2)
+QUICK_DIAGNOSTICS = DiagnosticsSettings(rounds=1, epochs=3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What to run and how often (the defaults are the full "steps" suite)."""
+
+    suites: tuple[str, ...] = ("steps",)
     configs: tuple[str, ...] = DEFAULT_CONFIGS
     dtype: str = "float32"
     precision: str | None = None  # "bf16": bfloat16 compute, `dtype` master params
@@ -47,12 +124,37 @@ class Settings:
     fused_ce: tuple | None = (4096, 256, 32768, 2048)
     peers: bool = False
     progress: bool = True
+    attention: AttentionSettings = AttentionSettings()
+    remat: RematSettings = RematSettings()
+    fused_head: FusedHeadSettings = FusedHeadSettings()
+    diagnostics: DiagnosticsSettings = DiagnosticsSettings()
+
+    def __post_init__(self):
+        unknown = [s for s in self.suites if s not in SUITES]
+        if unknown or not self.suites:
+            raise ValueError(f"unknown suite(s) {unknown or self.suites}; expected some of "
+                             f"{', '.join(SUITES)}")
+        unknown = [c for c in self.configs if c not in CONFIGS]
+        if unknown:
+            raise ValueError(f"unknown config(s) {unknown}; expected some of "
+                             f"{', '.join(CONFIGS)}")
+
+    def with_repeats(self, repeats: int) -> Settings:
+        """Every suite timed `repeats` times per contender (diagnostics: not timed so)."""
+        attention = dataclasses.replace(self.attention, repeats=repeats,
+                                        long_repeats=min(self.attention.long_repeats, repeats))
+        return dataclasses.replace(
+            self, repeats=repeats, attention=attention,
+            remat=dataclasses.replace(self.remat, repeats=repeats),
+            fused_head=dataclasses.replace(self.fused_head, repeats=repeats))
 
 
 def quick_settings(**overrides) -> Settings:
-    """Tiny configs and few repetitions: a smoke test that runs in seconds."""
+    """Tiny configs and sizes, few repetitions: a smoke test that runs in seconds."""
     base = dict(configs=QUICK_CONFIGS, repeats=5, warmup=2, compile_repeats=1, matmul_size=256,
-                epoch_modes=(((64, 32, 10), 32, 512, 2, 1),), fused_ce=(256, 32, 2048, 512))
+                epoch_modes=(((64, 32, 10), 32, 512, 2, 1),), fused_ce=(256, 32, 2048, 512),
+                attention=QUICK_ATTENTION, remat=QUICK_REMAT, fused_head=QUICK_FUSED_HEAD,
+                diagnostics=QUICK_DIAGNOSTICS)
     base.update(overrides)
     return Settings(**base)
 
@@ -70,21 +172,32 @@ def _batch(sizes, batch_size, dtype, device, example=None, label_shape=()):
     return _put(x, dtype, device), _put(y, np.int32, device)
 
 
+def mlp(sizes):
+    """dense → relu → … → dense(sizes[-1]) (the input width comes from the data)."""
+    from fbp import layers as L
+
+    blocks = []
+    for width in sizes[1:-1]:
+        blocks += [L.dense(width), L.relu()]
+    return L.serial(*blocks, L.dense(sizes[-1]))
+
+
 def build_model(config: Config):
     """(net, label shape of one example) for a config."""
     from fbp import layers as L
-    from fbp.cli import mlp
 
     if config.kind == "mlp":
-        return mlp(config.hidden, config.sizes[-1]), ()
+        return mlp(config.sizes), ()
     if config.kind == "cnn":
-        return L.serial(L.conv2d(32, 3), L.relu(), L.max_pool(2), L.conv2d(64, 3), L.relu(),
-                        L.max_pool(2), L.flatten(), L.dense(128), L.relu(),
+        stages = []
+        for features in config.channels:
+            stages += [L.conv2d(features, 3), L.relu(), L.max_pool(2)]
+        return L.serial(*stages, L.flatten(), L.dense(config.hidden_width), L.relu(),
                         L.dense(config.sizes[-1])), ()
     if config.kind == "transformer":
-        return L.serial(L.transformer_block(8, causal=True), L.transformer_block(8, causal=True),
-                        L.layer_norm(), L.dense(config.sizes[-1])), config.example[:1]
-    raise ValueError(f"unknown config kind {config.kind!r}")
+        blocks = [L.transformer_block(config.heads, causal=True) for _ in range(config.blocks)]
+        return L.serial(*blocks, L.layer_norm(), L.dense(config.sizes[-1])), config.example[:1]
+    raise ValueError(f"unknown config kind {config.kind!r}; expected mlp, cnn or transformer")
 
 
 def _initial_state(net, optimizer, input_shape, dtype, device):
@@ -180,6 +293,7 @@ def bench_config(config: Config, settings: Settings,
                   label_shape)
     states = {grad: _initial_state(net, optimizer, x.shape, settings.dtype, device)
               for grad in ("manual", "auto")}  # the same numbers; each step donates its own
+    initial_params = jax.device_get(states["manual"].params)  # host copy, for the peers
     n_params = sum(p.size for p in jax.tree_util.tree_leaves(states["manual"].params))
     if config.kind == "mlp":
         assert n_params == config.params, (n_params, config.params)
@@ -198,22 +312,37 @@ def bench_config(config: Config, settings: Settings,
     runners, boxes, meta = {}, {}, {}
     for grad in ("manual", "auto"):
         runners[grad], boxes[grad] = _stepper(steps[grad], states[grad], x, y)
-        meta[grad] = {"framework": "fbp", "grad": grad, **stats[grad]}
+        # the first step's loss is the loss at the initial parameters (before the update)
+        first_loss = float(jax.block_until_ready(runners[grad]())[1]["loss"])
+        meta[grad] = {"framework": "fbp", "grad": grad, "first_loss": first_loss,
+                      **stats[grad]}
+    reference_loss = meta["manual"]["first_loss"]
 
     notes: list[str] = []
-    if settings.peers and config.kind == "mlp":
+    if settings.peers:
         from benchmarks import peers
 
         for name in peers.PEERS:
             try:
-                peer = peers.build(name, config, x, y, settings.dtype, device, LEARNING_RATE)
+                peer = peers.build(name, config, x, y, settings.dtype, device, LEARNING_RATE,
+                                   init=initial_params)
             except peers.Unavailable as e:
-                notes.append(f"{name}: skipped ({e})")
+                notes.append(f"{name} on {config.name}: skipped ({e})")
                 continue
             s = measure.compile_stats(peer.fresh_jit(), *peer.lower_args)[0] \
                 if peer.fresh_jit is not None else {}
+            first_loss = float(np.asarray(jax.block_until_ready(peer.run())[1],
+                                          dtype=np.float64))
             runners[name] = peer.run
-            meta[name] = {"framework": name, "grad": peer.grad, "peer_version": peer.version, **s}
+            meta[name] = {"framework": name, "grad": peer.grad, "peer_version": peer.version,
+                          "peer_params": peer.n_params, "peer_init": peer.init,
+                          "first_loss": first_loss, **peer.extra, **s}
+            if peer.init == "fbp":  # same function, same numbers: the same first loss
+                meta[name]["first_loss_rel_diff_vs_fbp"] = (
+                    abs(first_loss - reference_loss) / abs(reference_loss))
+            else:
+                notes.append(f"{name} on {config.name}: its own initialisation (fbp's "
+                             f"parameters did not map: {peer.note})")
 
     # manual vs auto on their own first: a peer in the same rotation disturbs its neighbours
     # (PyTorch's worker threads spin on after each call), which skews a millisecond step
@@ -267,7 +396,6 @@ def bench_devices(config: Config, settings: Settings,
     from jax.sharding import PartitionSpec as P
 
     from fbp import losses
-    from fbp.check import _max_errors
     from fbp.optim import gd
     from fbp.train import data_mesh, make_step, replicate
 
@@ -310,9 +438,7 @@ def bench_devices(config: Config, settings: Settings,
     reference = runs[min(runs)]
     records = []
     for count, r in runs.items():
-        diff = max(_max_errors(a, b)[1]  # max |Δθ| / max |θ| of each leaf
-                   for a, b in zip(jax.tree_util.tree_leaves(r["params"]),
-                                   jax.tree_util.tree_leaves(reference["params"])))
+        diff = measure.max_rel_diff(r["params"], reference["params"])  # max |Δθ| / max |θ|
         rec = {"kind": "devices", "config": config.name, "layers": config.layers,
                "batch_size": config.batch_size, "devices": count,
                "reference_devices": min(runs), "dtype": settings.dtype,
@@ -330,12 +456,11 @@ def bench_epoch_modes(case, device) -> dict[str, Any]:
     """`fit(epoch_mode="scan")` vs `fit(epoch_mode="steps")`: samples/s of the epochs after the
     first (which compiles), from fit's own per-epoch times; the two modes alternate."""
     from fbp import losses
-    from fbp.cli import mlp
     from fbp.optim import gd
     from fbp.train import fit
 
     sizes, batch_size, n, epochs, rounds = case
-    net, loss = mlp(sizes[1:-1], sizes[-1]), losses.softmax_cross_entropy
+    net, loss = mlp(sizes), losses.softmax_cross_entropy
     rng = np.random.default_rng(SEED)
     with jax.default_device(device):
         # fit makes its params in the default float dtype: float32, or float64 under x64
@@ -408,16 +533,15 @@ def bench_fused_ce(case, settings: Settings, device) -> dict[str, Any]:
     return record
 
 
-def run(settings: Settings) -> tuple[list[dict[str, Any]], list[str]]:
-    """Run the suite; the records (a `run` record first) and notes for the report."""
-    if settings.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-    device = measure.pick_device(settings.device)
+def run_steps(settings: Settings, device) -> tuple[list[dict[str, Any]], list[str]]:
+    """The "steps" suite: the configs (manual, auto, peers), the matmul ceiling, the devices
+    sweep, scan vs steps and the fused cross-entropy."""
     notes: list[str] = []
     probe = MatmulProbe(settings, device)
     probe.burst()
     records = []
-    for name in tqdm(settings.configs, desc="bench", unit="config", disable=not settings.progress):
+    for name in tqdm(settings.configs, desc="steps", unit="config",
+                     disable=not settings.progress):
         config_records, config_notes = bench_config(CONFIGS[name], settings, device)
         probe.burst()
         records += config_records
@@ -437,8 +561,35 @@ def run(settings: Settings) -> tuple[list[dict[str, Any]], list[str]]:
         records.append(bench_fused_ce(settings.fused_ce, settings, device))
     for r in records:
         r.setdefault("dtype", settings.dtype)
-        for k, v in measure.environment(device).items():
+    return records, notes
+
+
+def run(settings: Settings) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run the chosen suites; the records (a `run` record first) and notes for the report."""
+    from benchmarks import attention, contract
+
+    if settings.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    device = measure.pick_device(settings.device)
+    suites = {
+        "steps": lambda: run_steps(settings, device),
+        "attention": lambda: attention.bench(settings.attention, device, settings.progress),
+        "remat": lambda: contract.bench_remat(settings.remat, device),
+        "fused-head": lambda: contract.bench_fused_head(settings.fused_head, device),
+        "diagnostics": lambda: contract.bench_diagnostics(settings.diagnostics, device),
+    }
+    records: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for suite in settings.suites:
+        suite_records, suite_notes = suites[suite]()
+        for r in suite_records:
+            r.setdefault("suite", suite)
+        records += suite_records
+        notes += [n for n in suite_notes if n not in notes]
+    env = measure.environment(device)
+    for r in records:
+        for k, v in env.items():
             r.setdefault(k, v)
-    head = {"kind": "run", "settings": dataclasses.asdict(settings), "notes": notes,
-            **measure.environment(device)}
+    head = {"kind": "run", "suites": list(settings.suites),
+            "settings": dataclasses.asdict(settings), "notes": notes, **env}
     return [head] + records, notes
