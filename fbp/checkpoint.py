@@ -30,7 +30,7 @@ from fbp.io import CheckpointError, _check_unique, _decode, _encode, _path_name,
 
 FORMAT = "fbp-checkpoint/2"
 
-__all__ = ["CheckpointError", "FORMAT", "tensor_name", "to_bytes", "atomic_write_bytes", "save",
+__all__ = ["CheckpointError", "FORMAT", "tensor_name", "to_bytes", "save",
            "read", "unflatten", "load", "check_output_dir", "check_output_file"]
 
 
@@ -56,9 +56,6 @@ def _named_leaves(tree) -> list[tuple[str, Any]]:
 def to_bytes(tree: Any, metadata: dict | None = None) -> bytes:
     """The checkpoint file's bytes: the leaves by name, the metadata JSON, their checksums."""
     return _encode(dict(_named_leaves(tree)), metadata, FORMAT)
-
-
-atomic_write_bytes = write_atomic  # the name fbp.plot and older code use
 
 
 def save(path: str | os.PathLike, tree: Any, metadata: dict | None = None, *,

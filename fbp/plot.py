@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fbp.checkpoint import atomic_write_bytes
+from fbp.io import write_atomic
 
 # Kinds whose output is reported as the fraction saturated, and as the fraction exactly zero
 # (as in fbp.explain).
@@ -54,7 +54,7 @@ def _figure(width: float, height: float, *, dpi: int = 110, layout: str | None =
 def _save(fig, path: str | os.PathLike) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
     return Path(path)
 
 
