@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 
-from fbp.models import ACTIVATIONS, mlp
+from fbp.models import ACTIVATIONS, mlp  # mlp: also importable from here, as it was
 
 LOSSES = {"ce": "softmax_cross_entropy", "mse": "mse", "huber": "huber",
           "bce": "binary_cross_entropy"}
@@ -532,6 +532,8 @@ def main(argv=None) -> int:
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args.run(args)
 
+
+__all__ = ["main", "UsageError", "LOSSES", "make_optimizer", "interleaved_step_times"]
 
 if __name__ == "__main__":
     sys.exit(main())

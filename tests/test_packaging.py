@@ -18,7 +18,7 @@ from fbp import _layer
 ROOT = Path(__file__).resolve().parent.parent
 
 # fbp's public modules; each says what it exports in __all__
-PUBLIC = ["fbp", "fbp.contract", "fbp.models", "fbp.data", "fbp.losses", "fbp.optim",
+PUBLIC = ["fbp", "fbp.cli", "fbp.contract", "fbp.models", "fbp.data", "fbp.losses", "fbp.optim",
           "fbp.backprop", "fbp.check", "fbp.layercheck", "fbp.plot", "fbp.fused", "fbp.layers",
           "fbp.layers.dense", "fbp.layers.activations", "fbp.layers.reshape",
           "fbp.layers.embedding", "fbp.layers.combinators", "fbp.layers.wrap",
