@@ -4,9 +4,9 @@ A window of size (k_h, k_w) slides with strides (s_h, s_w) over the padded input
 output position (p, q) sees x̃[p·s_h + i, q·s_w + j] for the window offsets (i, j)
 (geometry as in `fbp.layers.conv`). Channels and batch are pooled independently.
 Both backward passes visit the window offsets one by one: offset (i, j) of every window
-is the strided slice x̃[i::s_h, j::s_w] (cut to the output size), and its gradient goes
-back to that same slice: spread out to x̃'s size by padding (s − 1 zeros between entries,
-i before), and the offsets summed, which XLA fuses into one pass (no scatter).
+is the strided slice x̃[i::s_h, j::s_w] (cut to the output size; `window_view`), and its
+gradient goes back to that same slice (`window_spread`: s − 1 zeros between entries);
+the offsets' parts are summed, which XLA fuses into one pass (no scatter).
 """
 
 from __future__ import annotations
@@ -23,15 +23,20 @@ from fbp._layer import (
     residual_shape,
     shape_residual,
 )
-from fbp.layers.conv import _check_nhwc, _padding_arg, _pair, window_out_hw, window_pads
+from fbp.layers.conv import (
+    _check_nhwc,
+    _padding_arg,
+    _pair,
+    window_out_hw,
+    window_pads,
+    window_spread,
+    window_view,
+)
 
 
-def _offset_slices(window, strides, out_hw):
-    """For each window offset (i, j), row-major: the slice of x̃ it reads in every window."""
-    (kh, kw), (sh, sw), (m_h, m_w) = window, strides, out_hw
-    return [(slice(None), slice(i, i + (m_h - 1) * sh + 1, sh),
-             slice(j, j + (m_w - 1) * sw + 1, sw), slice(None))
-            for i in range(kh) for j in range(kw)]
+def _offsets(window):
+    """The window offsets (i, j), row-major."""
+    return [(i, j) for i in range(window[0]) for j in range(window[1])]
 
 
 def _pool_layer(kind: str, window, strides, padding, fwd, bwd) -> Layer:
@@ -73,16 +78,6 @@ def _pool_layer(kind: str, window, strides, padding, fwd, bwd) -> Layer:
     return Layer(name, init, layer_fwd, layer_bwd)
 
 
-def _to_offset(part, offset, strides, padded_hw):
-    """(N, P, Q, C) -> (N, H̃, W̃, C): part[n, p, q, c] at x̃[n, p·s_h + i, q·s_w + j, c],
-    zero elsewhere (the transpose of reading offset (i, j) of every window)."""
-    zero = np.array(0, part.dtype)
-    spread = [(0, 0, 0)]
-    for i, s, m, n in zip(offset, strides, part.shape[1:3], padded_hw):
-        spread.append((i, n - i - (m - 1) * s - 1, s - 1))
-    return lax.pad(part, zero, (*spread, (0, 0, 0)))
-
-
 def _pad_nhwc(x, pads, value):
     return jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=value)
 
@@ -113,16 +108,15 @@ def max_pool(window, *, strides=None, padding="VALID") -> Layer:
     def bwd(x, g, pads_for, window, strides):
         pads = pads_for(x.shape[1:3])
         xp = _pad_nhwc(x, pads, -jnp.inf)
-        offsets = [(i, j) for i in range(window[0]) for j in range(window[1])]
-        slices = _offset_slices(window, strides, g.shape[1:3])
+        offsets = _offsets(window)
+        views = [window_view(xp, offset, strides, g.shape[1:3]) for offset in offsets]
         # the first maximum per window, offsets in row-major order: an offset wins only by
         # being larger (or the first NaN, as argmax), so ties stay with the earlier one
-        best, winner = xp[slices[0]], jnp.zeros(g.shape, jnp.int32)
-        for k, sl in enumerate(slices[1:], 1):
-            v = xp[sl]
+        best, winner = views[0], jnp.zeros(g.shape, jnp.int32)
+        for k, v in enumerate(views[1:], 1):
             wins = (v > best) | (jnp.isnan(v) & ~jnp.isnan(best))
             best, winner = jnp.where(wins, v, best), jnp.where(wins, k, winner)
-        dxp = sum(_to_offset(jnp.where(winner == k, g, 0), offset, strides, xp.shape[1:3])
+        dxp = sum(window_spread(jnp.where(winner == k, g, 0), offset, strides, xp.shape[1:3])
                   for k, offset in enumerate(offsets))
         return _crop_nhwc(dxp, pads, x.shape[1:3])
 
@@ -159,8 +153,7 @@ def avg_pool(window, *, strides=None, padding="VALID") -> Layer:
         pads = pads_for(x_shape[1:3])
         g_share = g / window_count(x_shape[1:3], pads, window, strides, g.dtype)
         padded_hw = (x_shape[1] + sum(pads[0]), x_shape[2] + sum(pads[1]))
-        dxp = sum(_to_offset(g_share, (i, j), strides, padded_hw)
-                  for i in range(window[0]) for j in range(window[1]))
+        dxp = sum(window_spread(g_share, offset, strides, padded_hw) for offset in _offsets(window))
         return _crop_nhwc(dxp, pads, x_shape[1:3])
 
     return _pool_layer("avg_pool", window, strides, padding, fwd, bwd)
