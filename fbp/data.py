@@ -169,11 +169,15 @@ def load_file(path, *, target: str | None = None, task: str = "classification",
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not zipfile.is_zipfile(path):
+        raise DataFileError(f"{path.name} is not a .npz file (a zip archive of arrays; write "
+                            "one with np.savez(path, x=x, y=y))")
     try:
-        with np.load(path, allow_pickle=False) as arrays:
-            if not hasattr(arrays, "files"):  # a .npy saved under a .npz name
-                raise DataFileError(f"{path.name} holds a single array, not the arrays x and y "
-                                    "(write it with np.savez(path, x=x, y=y))")
+        loaded = np.load(path, allow_pickle=False)
+        if not hasattr(loaded, "files"):  # a .npy saved under a .npz name
+            raise DataFileError(f"{path.name} holds a single array, not the arrays x and y "
+                                "(write it with np.savez(path, x=x, y=y))")
+        with loaded as arrays:
             missing = [k for k in ("x", "y") if k not in arrays.files]
             if missing:
                 raise DataFileError(f"{path.name} has no array {' or '.join(map(repr, missing))}; "
@@ -250,12 +254,14 @@ def _read_csv(path: Path, target: str, task: str) -> tuple[np.ndarray, np.ndarra
     features = [i for i in range(len(header)) if i != t]
     if not features:
         raise DataFileError(f"{name} has no feature columns besides the target {target!r}")
-    cells = np.array([[row[i].strip() for i in features] for row in rows])
+    table = np.array(rows)  # (examples, columns) of strings
+    cells = table[:, features]
     try:
-        x = cells.astype(np.float64)
+        x = cells.astype(np.float64)  # surrounding spaces allowed, as float() allows them
     except ValueError:  # find the first cell that is not a number, to name it
         for r, row in enumerate(cells.tolist()):
             for c, cell in enumerate(row):
+                cell = cell.strip()
                 try:
                     float(cell)
                 except ValueError:
@@ -268,8 +274,8 @@ def _read_csv(path: Path, target: str, task: str) -> tuple[np.ndarray, np.ndarra
     if len(bad):
         r, c = bad[0]
         raise DataFileError(f"{name}, line {lines[r]}, column {header[features[c]]!r}: "
-                            f"{str(cells[r, c])!r} is not a finite number ({len(bad)} such values)")
-    y = np.array([row[t].strip() for row in rows])
+                            f"{str(cells[r, c]).strip()!r} is not a finite number ({len(bad)} such values)")
+    y = np.char.strip(table[:, t])
     missing = np.flatnonzero(y == "")
     if len(missing):
         raise DataFileError(f"{name}, line {lines[missing[0]]}, column {target!r}: the target "
