@@ -23,9 +23,21 @@ import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import measure
+
+
+def _float32(tree, device):
+    """Every floating leaf as float32 on `device` (the suites run in float32 even where JAX's
+    default float is float64); other leaves (PRNG keys, counters) as they are."""
+    def cast(a):
+        if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating):
+            a = a.astype(np.float32)
+        return jax.device_put(a, device)
+
+    return jax.tree_util.tree_map(cast, tree)
 
 
 def _mlp_block(width):
@@ -65,6 +77,7 @@ def _remat_case(model, block, depth, first_width, in_shape, n_out, label_shape, 
     rng = np.random.default_rng(0)
     with jax.default_device(device):
         _, params = jax.jit(plain.init, static_argnums=1)(jax.random.key(0), in_shape)
+    params = _float32(params, device)
     x = jax.device_put(rng.standard_normal(in_shape).astype(np.float32), device)
     y = jax.device_put(rng.integers(0, n_out, label_shape).astype(np.int32), device)
     loss = losses.softmax_cross_entropy
@@ -133,7 +146,7 @@ def bench_fused_head(settings, device) -> tuple[list[dict[str, Any]], list[str]]
         net = L.serial(L.embedding(s.vocab, s.width), L.dense(s.width), L.gelu(), head)
         step = make_step(net, loss, optimizer)
         with jax.default_device(device):
-            state = jax.device_put(init_state(net, optimizer, jax.random.key(0), shape), device)
+            state = _float32(init_state(net, optimizer, jax.random.key(0), shape), device)
         stats[name], _ = measure.compile_stats(step, state, ids, labels)
         box = {"state": state}
 
@@ -181,7 +194,9 @@ def bench_diagnostics(settings, device) -> tuple[list[dict[str, Any]], list[str]
                 first[k].append(h["time_s"][0])
                 epoch_times[k] += h["time_s"][1:]  # the first epoch compiles
     base = statistics.median(epoch_times[settings.every[0]])
+    dtype = str(np.dtype(jax.dtypes.canonicalize_dtype(np.float64)))  # fit's default float
     return [{"kind": "diagnostics", "model": "digits MLP 64-256-128-10, dropout 0.2, batch 32",
+             "dtype": dtype,
              "diagnostics_every": k, "epoch_time_s": statistics.median(t),
              "epoch_time_min_s": min(t), "epoch_time_max_s": max(t),
              "first_epoch_s": statistics.median(first[k]),

@@ -408,7 +408,7 @@ def _torch_load(torch, model, config, fbp_params) -> None:
             raise Mismatch(f"torch parameter {tuple(tensor.shape)} vs fbp {array.shape}")
     with torch.no_grad():
         for tensor, array in values:
-            tensor.copy_(torch.from_numpy(np.ascontiguousarray(array, np.float32))
+            tensor.copy_(torch.from_numpy(np.array(array, np.float32))  # a writable copy
                          .to(tensor.dtype))
 
 

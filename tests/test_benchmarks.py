@@ -169,3 +169,328 @@ def test_devices_option():
     for bad in ("0", "a,b", ""):
         with pytest.raises(SystemExit):
             parser.parse_args(["--devices", bad])
+
+
+# --- the suites as options of `python -m benchmarks` -------------------------------------
+
+def _parse(argv):
+    return cli.add_arguments(argparse.ArgumentParser()).parse_args(argv)
+
+
+def test_suite_option_expands_groups_and_sets_defaults():
+    from benchmarks.suite import QUICK_ATTENTION
+
+    settings = cli.settings_from_args(_parse(["--suite", "contract", "--suite", "remat"]))
+    assert settings.suites == ("remat", "fused-head", "diagnostics")
+    assert cli.settings_from_args(_parse([])).suites == ("steps",)
+    quick = cli.settings_from_args(_parse(["--quick", "--suite", "attention"]))
+    assert quick.attention == QUICK_ATTENTION
+    custom = cli.settings_from_args(_parse(["--suite", "attention", "--lengths", "64,32,64",
+                                            "--chunk", "16", "--max-run-gib", "0.5",
+                                            "--repeats", "2"]))
+    assert custom.attention.lengths == (32, 64) and custom.attention.chunk == 16
+    assert custom.attention.max_run_gib == 0.5
+    assert custom.attention.repeats == 2 and custom.attention.long_repeats == 2
+    assert custom.remat.repeats == 2 and custom.fused_head.repeats == 2 and custom.repeats == 2
+    for bad in (["--suite", "nope"], ["--lengths", "0"], ["--lengths", "a"],
+                ["--max-run-gib", "-1"], ["--chunk", "0"]):
+        with pytest.raises(SystemExit):
+            _parse(bad)
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--suite", "attention", "--peers"], "--peers"),
+    (["--suite", "remat", "--config", "tiny"], "--config"),
+    (["--suite", "fused-head", "--dtype", "bfloat16"], "--dtype"),
+    (["--suite", "steps", "--chunk", "8"], "--chunk"),
+])
+def test_option_for_a_suite_not_run_is_refused(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.settings_from_args(_parse(argv))
+    assert named in str(exit_info.value) and "not selected" in str(exit_info.value)
+
+
+def test_default_out_names_the_suite_and_keeps_quick_runs_out_of_results():
+    def out(argv, quick=False):
+        return cli.default_out(cli.settings_from_args(_parse(argv)), "cpu", quick)
+
+    assert out([]) == cli.RESULTS / "cpu-float32"
+    assert out(["--precision", "bf16"]) == cli.RESULTS / "cpu-bf16"
+    assert out(["--devices", "1,2"]) == cli.RESULTS / "cpu-devices"
+    assert out(["--suite", "attention"]) == cli.RESULTS / "cpu-attention"
+    assert out(["--suite", "contract"]) == cli.RESULTS / "cpu-contract"
+    assert out(["--suite", "remat", "--suite", "fused-head"]).name == "cpu-remat+fused-head"
+    assert cli.RESULTS not in out(["--quick"], quick=True).parents
+
+
+def test_aliases_are_the_main_command(capsys):
+    from benchmarks import attention, contract
+
+    for module, prog in ((attention, "benchmarks.attention"), (contract, "benchmarks.contract")):
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(["--help"])
+        assert exit_info.value.code == 0
+        assert prog in capsys.readouterr().out
+
+
+def test_max_rel_diff():
+    import numpy as np
+
+    a = {"w": np.array([1.0, 2.0], np.float32), "b": np.zeros(2, np.float32)}
+    assert measure.max_rel_diff(a, a) == 0.0
+    b = {"w": np.array([1.0, 2.5], np.float32), "b": np.array([0.0, 0.1], np.float32)}
+    # w: 0.5 / 2.5; b: 0.1 / 0.1 (relative to the second tree's scale)
+    assert measure.max_rel_diff(a, b) == pytest.approx(1.0)
+    assert measure.max_rel_diff({"w": a["w"]}, {"w": b["w"]}) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="trees differ"):
+        measure.max_rel_diff(a, {"w": a["w"]})
+    with pytest.raises(ValueError, match="shapes differ"):
+        measure.max_rel_diff({"w": a["w"]}, {"w": np.zeros(3, np.float32)})
+
+
+def _attention_records(ratio_4096=24.0, time_ratio=1.2, long_mib=128.0):
+    """Synthetic attention records at T = 512, 4096, 16384 (MiB figures, seconds)."""
+    from benchmarks.attention import AUTODIFF, DENSE, chunked_name
+
+    MiB = 2**20
+    rows = []
+    for t, dense_mib, dense_s in ((512, 18.0, 0.03), (4096, 24.0 * 32, 3.7),
+                                  (16384, 12352.0, None)):
+        chunk_mib = {4096: 24.0 * 32 / ratio_4096, 16384: long_mib}.get(t, 8.0)
+        variants = {DENSE: (dense_mib, dense_s),
+                    chunked_name(256): (chunk_mib, dense_s * time_ratio if dense_s else 9.0)}
+        variants.update({n: (dense_mib * 1.3, dense_s * 1.4 if dense_s else None)
+                         for n in AUTODIFF})
+        for name, (mib, s) in variants.items():
+            rows.append({"kind": "attention", "suite": "attention", "T": t, "variant": name,
+                         "chunk": 256, "heads": 4, "head_dim": 64, "batch": 1,
+                         "dtype": "float32", "max_run_gib": 4.0, "temp_bytes": int(mib * MiB),
+                         "step_time_s": s, "step_time_min_s": s, "step_time_max_s": s,
+                         "timed": s is not None, "rel_diff_vs_fbp_dense":
+                             (1e-7 if s is not None and t < 16384 else None)})
+    return rows
+
+
+def test_attention_goals_met_not_met_and_not_evaluated():
+    from benchmarks.attention import goals
+
+    met = {g["goal"]: g for g in goals(_attention_records(), 256)}
+    assert len(met) == 4 and all(g["met"] is True for g in met.values()), met
+    missed = goals(_attention_records(ratio_4096=10.0, time_ratio=1.6, long_mib=2048.0), 256)
+    assert [g["met"] for g in missed] == [False, True, False, False]
+    assert "10.0×" in missed[0]["figures"] and "worst 1.60×" in missed[2]["figures"]
+    short = [r for r in _attention_records() if r["T"] == 512]
+    assert [g["met"] for g in goals(short, 256)] == [None, None, True, None]
+
+
+def _contract_records():
+    env = {"device": "cpu: cpu", "jax_version": "0", "jaxlib_version": "0",
+           "python_version": "3", "cpu_count": 2, "timestamp": "t"}
+    rows = []
+    for model in ("mlp", "transformer"):
+        for variant, mib, s in (("fbp", 49.0, 0.06), ("fbp remat", 11.5, 0.056),
+                                ("jax.grad", 49.0, 0.058), ("jax.grad + jax.checkpoint", 57.0,
+                                                            0.065)):
+            rows.append({"kind": "remat", "suite": "remat", "model": model, "depth": 4,
+                         "input": [8, 16], "variant": variant, "repeats": 3,
+                         "temp_bytes": int(mib * 2**20), "compile_time_s": 0.5,
+                         "step_time_s": s, "step_time_min_s": s, "step_time_max_s": s,
+                         "grad_rel_diff_vs_fbp": 0.0, **env})
+    for variant, mib, s, chunk in (("dense + softmax_cross_entropy", 1542.0, 0.9, None),
+                                   ("linear_softmax_head + fused_softmax_cross_entropy", 39.0,
+                                    0.6, 1024)):
+        rows.append({"kind": "fused_head", "suite": "fused-head", "variant": variant,
+                     "tokens": 4096, "seq": 512, "vocab": 32768, "width": 64,
+                     "chunk_size": chunk, "repeats": 3, "temp_bytes": int(mib * 2**20),
+                     "compile_time_s": 1.0, "step_time_s": s, "step_time_min_s": s,
+                     "step_time_max_s": s, "first_loss": 10.4, "final_loss": 10.3,
+                     "dense_over_fused_temp": 1542 / 39, "fused_over_dense_time": 0.6 / 0.9,
+                     **env})
+    for k, ms in ((None, 11.7), (10, 11.3), (1, 12.3)):
+        rows.append({"kind": "diagnostics", "suite": "diagnostics", "model": "digits MLP",
+                     "diagnostics_every": k, "epoch_time_s": ms / 1e3,
+                     "epoch_time_min_s": ms / 1e3, "epoch_time_max_s": ms / 1e3,
+                     "cost_vs_off": ms / 11.7 - 1, "epochs_timed": 28, **env})
+    return rows
+
+
+def _all_suite_records():
+    from benchmarks.attention import goals
+
+    records = ([{"kind": "run", "suites": ["attention", "remat", "fused-head", "diagnostics"],
+                 "settings": {}, "timestamp": "t"}]
+               + _attention_records(ratio_4096=10.0) + _contract_records())
+    return records + goals(records, 256)
+
+
+def test_one_report_for_every_suite(tmp_path, monkeypatch):
+    """report.write_all writes the three files for the non-step suites, each section with
+    its figures; the goals with their verdicts. (The plot itself: the slow test below.)"""
+    from benchmarks import report
+
+    monkeypatch.setattr(report, "png", lambda records: b"\x89PNG\r\n\x1a\nstub")
+    records = _all_suite_records()
+    paths = report.write_all(records, ["a note"], tmp_path / "r")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["results.json", "results.md",
+                                                                  "results.png"]
+    assert json.loads(paths[0].read_text()) == records
+    md = paths[1].read_text()
+    for title in report.SECTION_TITLES.values():
+        if not title.startswith("Train step"):
+            assert f"## {title}" in md, title
+    assert "| **not met** |" in md and "| **met** |" in md and "10.0×" in md
+    assert "12352.0" in md  # T = 16384 memory of fbp dense, compiled but not run
+    assert "fbp remat: memory 49.0 → 11.5 MiB (×0.23)" in md
+    assert "temporary memory dense / fused: **39.5×**" in md
+    assert "| off | 11.70" in md and "+5.1%" in md
+    assert "- a note" in md
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_peer_table_reports_params_start_and_faster_peers():
+    from benchmarks import report
+
+    env = {"device": "cpu: cpu", "jax_version": "0"}
+    step = {"config": "transformer", "model_kind": "transformer", "layers": "2 blocks",
+            "params": 1_645_312, "batch_size": 16, "step_time_s": 0.2, "step_time_min_s": 0.2,
+            "step_time_max_s": 0.2, "compile_time_s": 1.0, "temp_bytes": 2**20,
+            "matmul_fraction": 0.5, **env}
+    records = [{"kind": "run", "suites": ["steps"], "settings": {"repeats": 3}},
+               {"kind": "step", "grad": "manual", **step}, {"kind": "step", "grad": "auto", **step},
+               {"kind": "peer", **step, "framework": "torch", "peer_version": "2",
+                "peer_params": 1_645_824, "peer_init": "fbp", "first_loss_rel_diff_vs_fbp": 1e-7,
+                "step_time_s": 0.1, "fbp_manual_over_peer": 2.0, "fbp_auto_over_peer": 2.1}]
+    md = report.markdown(records, [])
+    assert "| transformer | torch 2 | 1,645,824 (1,645,312) | fbp | 1.0e-07 |" in md
+    assert "key bias" in md
+    assert "- transformer: torch 2.00×" in md
+
+
+@pytest.mark.slow
+def test_plot_for_every_suite():
+    from benchmarks import report
+
+    assert report.png(_all_suite_records())[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fbp_layers_are_read_in_order_and_checked_against_the_peer_model():
+    import numpy as np
+
+    def dense(i, o):
+        return {"w": np.zeros((i, o), np.float32), "b": np.zeros(o, np.float32)}
+
+    ln = {"scale": np.ones(4, np.float32), "bias": np.zeros(4, np.float32)}
+    attn = {f"w_{z}": np.zeros((4, 4), np.float32) for z in "qkvo"}
+    block = ((ln, attn), (ln, dense(4, 16), {}, dense(16, 4)))  # transformer_block's nesting
+    params = (block, ln, dense(4, 4))
+    assert [peers._kind(p) for p in peers.fbp_layers(params)] == \
+        ["ln", "attn", "ln", "dense", "dense", "ln", "dense"]
+    assert len(peers._matched(CONFIGS["tiny-transformer"], params)) == 7
+    with pytest.raises(peers.Mismatch, match="fbp's layers are"):
+        peers._matched(CONFIGS["tiny-cnn"], params)
+    assert peers.expected_kinds(CONFIGS["tiny-cnn"]) == ["conv", "conv", "dense", "dense"]
+
+
+# --- end to end, tiny (each compiles a dozen programs: seconds on two cores) ---------------
+
+@pytest.mark.slow
+def test_attention_suite_end_to_end(tmp_path):
+    out = tmp_path / "r"
+    assert cli.main(["--suite", "attention", "--lengths", "32,64", "--chunk", "16",
+                     "--max-run-gib", "0.5", "--repeats", "1", "--no-progress",
+                     "--out", str(out)]) == 0
+    records = json.loads((out / "results.json").read_text())
+    rows = [r for r in records if r["kind"] == "attention"]
+    assert {(r["T"], r["variant"]) for r in rows} >= {(32, "fbp dense"),
+                                                      (64, "fbp chunked (c=16)")}
+    assert len(rows) == 10
+    for r in rows:
+        assert r["temp_bytes"] > 0 and r["compile_time_s"] > 0 and r["timed"]
+        assert 0 < r["step_time_min_s"] <= r["step_time_s"] <= r["step_time_max_s"]
+        assert r["rel_diff_vs_fbp_dense"] < 1e-4  # every variant computes the same gradients
+        assert r["jax_version"] and r["device"] and r["suite"] == "attention"
+    goals = [g for g in records if g["kind"] == "goal"]
+    assert len(goals) == 4 and goals[0]["met"] is None and goals[3]["met"] is None  # no T=4096
+    assert goals[2]["met"] in (True, False)  # the time goal: dense was timed
+    md = (out / "results.md").read_text()
+    assert "## Attention forward + backward against T" in md and "not evaluated" in md
+
+
+@pytest.mark.slow
+def test_contract_suites_end_to_end(tmp_path):
+    out = tmp_path / "r"
+    assert cli.main(["--quick", "--suite", "contract", "--repeats", "1", "--no-progress",
+                     "--out", str(out)]) == 0
+    records = json.loads((out / "results.json").read_text())
+    remat = [r for r in records if r["kind"] == "remat"]
+    assert {r["variant"] for r in remat} == {"fbp", "fbp remat", "jax.grad",
+                                             "jax.grad + jax.checkpoint"}
+    for r in remat:
+        assert r["temp_bytes"] > 0 and r["step_time_s"] > 0 and r["grad_rel_diff_vs_fbp"] < 1e-4
+    by = {(r["model"], r["variant"]): r for r in remat}
+    for model in ("mlp", "transformer"):  # remat keeps less
+        assert by[model, "fbp remat"]["temp_bytes"] < by[model, "fbp"]["temp_bytes"]
+    dense, fused = [r for r in records if r["kind"] == "fused_head"]
+    assert fused["temp_bytes"] < dense["temp_bytes"]
+    assert fused["first_loss"] == pytest.approx(dense["first_loss"], rel=1e-5)
+    assert fused["final_loss"] == pytest.approx(dense["final_loss"], rel=1e-4)
+    diagnostics = [r for r in records if r["kind"] == "diagnostics"]
+    assert [r["diagnostics_every"] for r in diagnostics] == [None, 10, 1]
+    md = (out / "results.md").read_text()
+    assert "## remat" in md and "## Fused head" in md and "## Diagnostics" in md
+
+
+@pytest.mark.slow
+def test_steps_with_peers_on_cnn_and_transformer(tmp_path):
+    pytest.importorskip("flax")
+    pytest.importorskip("torch")
+    out = tmp_path / "r"
+    assert cli.main(["--quick", "--config", "tiny-cnn", "--config", "tiny-transformer",
+                     "--peers", "--steps-only", "--repeats", "2", "--no-progress",
+                     "--out", str(out)]) == 0
+    records = json.loads((out / "results.json").read_text())
+    peer_records = {(r["config"], r["framework"]): r for r in records if r["kind"] == "peer"}
+    assert set(peer_records) == {(c, f) for c in ("tiny-cnn", "tiny-transformer")
+                                 for f in ("flax", "torch")}
+    for r in peer_records.values():
+        assert r["peer_init"] == "fbp"  # fbp's parameters mapped onto the peer's model
+        assert r["first_loss_rel_diff_vs_fbp"] < 1e-5  # and it is the same function
+        assert r["fbp_manual_over_peer"] > 0 and r["step_time_s"] > 0
+    md = (out / "results.md").read_text()
+    assert "equinox on tiny-cnn: skipped" in md
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peer", ["flax", "torch"])
+def test_peer_model_is_fbp_model(peer):
+    """With fbp's parameters (perturbed: no zero bias or unit scale), the peer's loss is
+    fbp's; a model that differs in one respect (no causal mask) gives another loss."""
+    pytest.importorskip(peer)
+    import jax
+    import numpy as np
+
+    from benchmarks import suite
+    from fbp import layers as L
+    from fbp import losses
+    from fbp.optim import gd
+
+    device = jax.devices("cpu")[0]
+    for name in ("tiny-cnn", "tiny-transformer"):
+        config = CONFIGS[name]
+        net, label_shape = suite.build_model(config)
+        x, y = suite._batch(config.sizes, config.batch_size, "float32", device, config.example,
+                            label_shape)
+        state = suite._initial_state(net, gd(0.01), x.shape, "float32", device)
+        rng = np.random.default_rng(1)
+        params = jax.tree.map(lambda a, rng=rng: np.asarray(a) + np.float32(0.1) * rng.normal(
+            size=a.shape).astype(np.float32), jax.device_get(state.params))
+        built = peers.build(peer, config, x, y, "float32", device, 0.01, init=params)
+        assert built.init == "fbp", built.note
+        loss = float(np.asarray(built.run()[1]))
+        want = float(losses.softmax_cross_entropy(net.apply(params, x), y))
+        assert loss == pytest.approx(want, rel=1e-5)
+        if config.kind == "transformer":
+            unmasked = L.serial(L.transformer_block(config.heads), L.layer_norm(),
+                                L.dense(config.sizes[-1]))
+            other = float(losses.softmax_cross_entropy(unmasked.apply(params, x), y))
+            assert abs(other - loss) > 1e-3 * abs(loss)
