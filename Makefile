@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-slow check bench lint clean
+.PHONY: run test test-slow check bench lint docs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,13 @@ test-slow: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check fbp tests examples benchmarks
 
+# The documentation site, built strictly (a warning fails it) into site/.
+$(VENV)/.docs-installed: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build site *.egg-info

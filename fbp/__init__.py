@@ -5,7 +5,8 @@ combinator carries its own hand-written backward pass, checked against `jax.grad
 
 Modules: `layers` (the built-in layers), `losses`, `models` (`mlp`), `contract` (what a
 layer author needs: `Layer` and the shape, dtype, key and combinator helpers), `train`
-(`fit`, `make_step`, `evaluate`), `optim`, `data`, `check` and `layercheck`, `plot`.
+(`fit`, `make_step`, `evaluate`), `optim`, `data`, `check` and `layercheck`, `plot`, `io`
+(`save_params`, `load_params`: a trained net's parameters for inference).
 """
 
 from fbp import contract, layers, losses, models
@@ -13,6 +14,7 @@ from fbp._explain import explain
 from fbp._layer import Layer
 from fbp.backprop import autodiff_value_and_grad, custom_vjp, l2_penalty, value_and_grad
 from fbp.check import GradReport, check_grads
+from fbp.io import load_params, save_params
 from fbp.layercheck import LayerReport, check_layer
 
 __version__ = "0.1.0"
@@ -20,6 +22,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Layer", "layers", "losses", "models", "contract", "value_and_grad",
     "autodiff_value_and_grad", "custom_vjp", "l2_penalty", "check_grads", "GradReport",
-    "check_layer", "LayerReport", "explain",
+    "check_layer", "LayerReport", "explain", "save_params", "load_params",
     "__version__",
 ]
