@@ -97,7 +97,7 @@ class Recorder:
 
     def __init__(self, spec: Spec, every: int, history: dict):
         self.spec = spec
-        self.pending = []  # records still on the device (see fbp.train._flush)
+        self.pending: list = []  # records still on the device (see fbp.train._flush)
         d = history.setdefault("diagnostics", {
             "every": every, "step": [], "layers": list(spec.labels), "kinds": list(spec.kinds),
             **{k: [] for k in SCALARS}, "weights": list(spec.weights), "update_ratio": [],

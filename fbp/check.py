@@ -270,7 +270,7 @@ def check_grads(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool =
     with_x = jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
     loss_m, grads_m, _, dx_m = fns["manual"](params, x, y, key=key, train=train, state=state)
     loss_a, grads_a, _, dx_a = fns["auto"](params, x, y, key=key, train=train, state=state)
-    if jax.tree_util.tree_structure(grads_m) != jax.tree_util.tree_structure(grads_a):
+    if jax.tree_util.tree_structure(grads_m) != jax.tree_util.tree_structure(grads_a):  # type: ignore[operator]  # jaxlib's PyTreeDef stub
         raise AssertionError(f"manual gradient has structure {jax.tree_util.tree_structure(grads_m)}"
                              f", jax.grad's {jax.tree_util.tree_structure(grads_a)}")
     dtype = str(jax.tree_util.tree_leaves(grads_m)[0].dtype) if jax.tree_util.tree_leaves(

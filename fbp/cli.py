@@ -152,7 +152,7 @@ def interleaved_step_times(net, loss, optimizer, x, y, *, repeats: int = 30):
         for _ in range(3):  # compile and warm up
             states[grad], m = steps[grad](states[grad], x, y)
         jax.block_until_ready(m)
-    times = {"manual": [], "auto": []}
+    times: dict[str, list[float]] = {"manual": [], "auto": []}
     for _ in range(repeats):
         for grad in ("manual", "auto"):
             t0 = time.perf_counter()
@@ -355,10 +355,10 @@ def _train(args) -> int:
         batch = batch_size or len(x_tr)
         xb, yb = x_tr[:min(batch, 64)], y_tr[:min(batch, 64)]
         # one dropout mask, the same for manual, jax.grad and finite differences
-        report = check_grads(net, loss, state.params, xb, yb, key=jax.random.key(args.seed))
+        grad_report = check_grads(net, loss, state.params, xb, yb, key=jax.random.key(args.seed))
         print(f"gradient check on trained params: manual vs jax.grad max rel err "
-              f"{report.max_rel_err_autodiff:.1e}, vs finite differences (float64) "
-              f"{report.max_rel_err_fd:.1e}: {'OK' if report.ok else 'MISMATCH'}")
+              f"{grad_report.max_rel_err_autodiff:.1e}, vs finite differences (float64) "
+              f"{grad_report.max_rel_err_fd:.1e}: {'OK' if grad_report.ok else 'MISMATCH'}")
         xs, ys = x_tr[:batch], y_tr[:batch]
         t = interleaved_step_times(net, loss, optimizer, xs, ys)
         print(f"train step (batch {batch}, median of 30, interleaved): manual "

@@ -216,7 +216,7 @@ def _check_unique(names: list[str]) -> None:
 
 
 def _digest(arr: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(arr).reshape(-1).view(np.uint8).tobytes()).hexdigest()
 
 
 def _text_digest(text: str) -> str:
@@ -278,7 +278,7 @@ def _decode(path: str | os.PathLike, fmt: str, what: str,
         refuse("has metadata that does not match its checksum")
     try:
         table = json.loads(header.get("fbp.tensors", ""))
-        metadata = json.loads(meta)
+        metadata = json.loads(str(meta))
         assert isinstance(table, dict) and isinstance(metadata, dict)
         for record in table.values():
             assert isinstance(record, dict) and {"dtype", "shape", "sha256"} <= set(record)

@@ -121,7 +121,7 @@ def _errors(got, ref, floor):
 def _like(what: str, got, want) -> ContractCheck:
     """got has want's pytree structure, and each leaf its shape and dtype."""
     s_got, s_want = jax.tree_util.tree_structure(got), jax.tree_util.tree_structure(want)
-    if s_got != s_want:
+    if s_got != s_want:  # type: ignore[operator]  # jaxlib's PyTreeDef stub
         return ContractCheck(what, False, f"structure {s_got}, expected {s_want}")
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got),
                             jax.tree_util.tree_leaves(want)):

@@ -18,7 +18,7 @@ import optax
 class GDState(NamedTuple):
     """The step count, for a learning-rate schedule η(t)."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, like optax's states
 
 
 def gd(learning_rate: float | optax.Schedule) -> optax.GradientTransformation:

@@ -41,7 +41,7 @@ _CHAR = 0.602 * FONT / 72  # inches per character of DejaVu Sans Mono at FONT
 
 # --- figures, text and files ------------------------------------------------------------------
 
-def _figure(width: float, height: float, *, dpi: int = 110, layout: str | None = "constrained"):
+def _figure(width: float, height: float, *, dpi: int = 110, layout: Any = "constrained"):
     """A Figure on its own Agg canvas (pyplot and its backend are not touched)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -178,7 +178,7 @@ def diagnostics(history_or_report: Any, out_dir: str | os.PathLike) -> list[Path
     if not isinstance(history_or_report, dict):
         raise TypeError(f"diagnostics: expected a fbp.explain Report or a training history dict, "
                         f"got {type(history_or_report).__name__}")
-    d = history_or_report
+    d: Any = history_or_report
     if "step" not in d or "layers" not in d:
         d = history_or_report.get("diagnostics")
         if not d:
@@ -793,7 +793,9 @@ def graph(net, out_path: str | os.PathLike, *, report=None, input_shape=None,
 
     if not isinstance(net, Layer):
         raise TypeError(f"graph: expected a fbp.Layer, got {type(net).__name__}")
-    rows, shapes, info = {}, {}, {}
+    rows: dict = {}
+    shapes: dict = {}
+    info: dict = {}
     if report is not None:
         if report.name != net.name:
             raise ValueError(f"graph: the report is of another net ({_truncate(report.name, 60)}),"
