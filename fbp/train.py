@@ -6,7 +6,8 @@
 
 `fit` runs whole epochs of such steps — full-batch (batch_size=None), stochastic
 (batch_size=1) or mini-batch descent — until a stopping criterion, each epoch as one
-compiled loop (`lax.scan` over the shuffled batches) on the device.
+compiled loop (`lax.scan` over the shuffled batches' row indices) on the device, on one
+device, several, or the devices of several processes (`devices=`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -27,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm  # plain text bars: no notebook-widget warnings
@@ -161,10 +164,65 @@ def shard_batch(mesh: Mesh, a: jax.Array, axis: int = 0) -> jax.Array:
 
 
 def replicate(mesh: Mesh | None, tree):
-    """Put a pytree on every device of the mesh (a no-op without a mesh)."""
+    """Put a pytree on every device of the mesh (a no-op without a mesh).
+
+    On a mesh that spans several processes (multi-controller JAX, after
+    `jax.distributed.initialize`), every process calls this with the same values and each
+    puts its copy on its own devices of the mesh; the result is one global array per leaf."""
     if mesh is None:
         return tree
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    sharding = NamedSharding(mesh, P())
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+    return jax.tree_util.tree_map(lambda a: _global_replica(a, sharding), tree)
+
+
+def _global_replica(a, sharding: NamedSharding) -> jax.Array:
+    """`a` (the same on every process) as a global array replicated over `sharding`'s mesh."""
+    if isinstance(a, jax.Array) and a.sharding.is_equivalent_to(sharding, a.ndim):
+        return a
+    if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_global_replica(jax.random.key_data(a), sharding),
+                                        impl=jax.random.key_impl(a))
+    host = _host(a)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _host(a) -> np.ndarray:
+    """A device array's value on this host: a replicated array's local copy, or the whole of
+    an array split over the devices of several processes (gathered from all of them, so every
+    process must call this for it)."""
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        if a.is_fully_replicated:
+            return np.asarray(a.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
+
+
+def _local(tree):
+    """A pytree of global arrays (the parameters a multi-process fit returns) as arrays on
+    this process's first device, so that a jitted program can take them with local data."""
+    def one(a):
+        if not isinstance(a, jax.Array) or a.is_fully_addressable:
+            return a
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(a)),
+                                            impl=jax.random.key_impl(a))
+        return jnp.asarray(_host(a)) if not a.is_fully_replicated else a.addressable_data(0)
+    return jax.tree_util.tree_map(one, tree)
+
+
+def _spans_processes(mesh: Mesh | None) -> bool:
+    return mesh is not None and any(d.process_index != jax.process_index()
+                                    for d in mesh.devices.flat)
+
+
+def _any_process(flag: bool, mesh: Mesh | None) -> bool:
+    """Whether `flag` holds in any of the processes the mesh spans (a collective: all of
+    them call this); `flag` itself on a mesh within one process."""
+    if not _spans_processes(mesh):
+        return bool(flag)
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
 
 
 def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, *,
@@ -184,17 +242,18 @@ def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, *
 
 
 def _params_and_state(fn_name: str, net: Layer, params_or_state, state):
-    """(params, net state) from a TrainState, or from bare params (+ state= for a stateful net)."""
+    """(params, net state) from a TrainState, or from bare params (+ state= for a stateful net);
+    arrays of a mesh over several processes as this process's copy (`_local`)."""
     if isinstance(params_or_state, TrainState):
         if state is not None:
             raise ValueError(f"{fn_name}: got a TrainState and state=; the TrainState "
                              "already carries the net's state")
-        return params_or_state.params, params_or_state.net_state
+        return _local((params_or_state.params, params_or_state.net_state))
     if net.stateful and state is None:
         raise ValueError(f"{fn_name}: the net keeps running statistics "
                          f"({', '.join(stateful_layers(net))}); pass the TrainState that fit "
                          "returns, or params with state=")
-    return params_or_state, {} if state is None else state
+    return _local((params_or_state, {} if state is None else state))
 
 
 def evaluate(net: Layer, loss: Loss, params: Params | TrainState, x, y, *,
@@ -207,7 +266,9 @@ def evaluate(net: Layer, loss: Loss, params: Params | TrainState, x, y, *,
     partial one); the results are the batch means weighted by the rows they cover (by the
     kept labels for a loss with `ignore_index`), so they equal the full-batch values. Token
     ids outside an input embedding's vocabulary and labels outside [0, classes) are refused
-    (ValueError) before anything runs."""
+    (ValueError) before anything runs. With the state of a fit over several processes, each
+    process runs on its own first device, with its copy of the parameters, on the data it
+    passes."""
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
             batch_size, int) or batch_size <= 0):
         raise ValueError(f"evaluate: batch_size must be a positive int or None (all at once), "
@@ -238,7 +299,9 @@ def predict(net: Layer, params: Params | TrainState, x, *, state: State = None) 
     """net(params, x) with training off; floating x is cast to the parameters' dtype.
 
     `params`: the TrainState that `fit` returns, or bare params (with `state=` for a
-    stateful net). Token ids outside an input embedding's vocabulary are refused."""
+    stateful net). Token ids outside an input embedding's vocabulary are refused. With the
+    state of a fit over several processes, each process runs on its own first device and
+    gets an array there."""
     params, net_state = _params_and_state("predict", net, params, state)
     x = np.asarray(x)
     check_token_ids("predict: x", net, x)
@@ -349,6 +412,57 @@ def _as_param_dtype(a: np.ndarray, params) -> jax.Array:
     return jnp.asarray(a)
 
 
+def _data_dtype(a: np.ndarray, params) -> np.dtype:
+    """The dtype `_as_param_dtype` gives `a`: floating data in the parameters' dtype, other
+    data in its own (as JAX holds it: int64 is int32 without x64)."""
+    leaves = jax.tree_util.tree_leaves(params)
+    if leaves and np.issubdtype(a.dtype, np.floating):
+        return np.dtype(leaves[0].dtype)
+    return np.dtype(jax.dtypes.canonicalize_dtype(a.dtype))
+
+
+def _device_data(mesh: Mesh | None, a: np.ndarray, params) -> jax.Array:
+    """The training data on the device(s), in `_data_dtype`: without a mesh one array; with
+    one, split by rows over the mesh's devices — each device holds len(a) / devices rows
+    (rounded up; the last one padded by zero rows, which no batch ever reads) — and each
+    process puts on its own devices only their rows, cast row block by row block."""
+    if mesh is None:
+        return _as_param_dtype(a, params)
+    dtype = _data_dtype(a, params)
+    count = mesh.devices.size
+    rows = -(-len(a) // count) * count
+
+    def block(index):
+        start, stop, _ = index[0].indices(rows)
+        part = np.asarray(a[start:min(stop, len(a))], dtype)
+        if stop > len(a):
+            part = np.concatenate([part, np.zeros((stop - max(start, len(a)),) + a.shape[1:],
+                                                  dtype)])
+        return part
+
+    return jax.make_array_from_callback((rows,) + a.shape[1:],
+                                        NamedSharding(mesh, P(mesh.axis_names[0])), block)
+
+
+def _check_same_data(mesh: Mesh | None, arrays) -> None:
+    """On a mesh over several processes, every process must pass the same data set: its
+    sha256 is compared across them (a collective), and a difference is refused."""
+    if not _spans_processes(mesh):
+        return
+    digest = hashlib.sha256()
+    for a in arrays:
+        digest.update(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    mine = np.frombuffer(digest.digest(), np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(mine))
+    differ = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+    if differ:
+        raise ValueError(
+            f"fit: the processes hold different training data (process {differ[0]} differs "
+            f"from process 0; this is process {jax.process_index()}); on a mesh over several "
+            "processes each process must pass the same full data set")
+
+
 @jax.jit
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)]))
@@ -368,15 +482,14 @@ def _restore_key(saved: TrainState, like: TrainState) -> TrainState:
 
 
 def _scan_suits(step, state: TrainState, x, y, batch_size: int, mesh: Mesh | None) -> bool:
-    """epoch_mode="auto": run each epoch as one compiled loop, unless the data is large
-    (≥ 1 GiB, the epoch's shuffled copy would double it) or the step convolves on a CPU.
+    """epoch_mode="auto": run each epoch as one compiled loop, unless the step convolves on
+    a CPU.
 
     XLA:CPU runs convolutions inside a compiled loop far slower than the same step
     dispatched on its own (12× for conv2d(16) → conv2d(32) on digits, with manual and
-    jax.grad gradients alike), which outweighs the dispatch the loop saves.
+    jax.grad gradients alike), which outweighs the dispatch the loop saves. (The size of
+    the data set does not matter: neither mode copies it in the epoch's order.)
     """
-    if x.nbytes + y.nbytes >= 2**30:
-        return False
     device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
     if device.platform != "cpu":
         return True
@@ -389,27 +502,34 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
     """One epoch: shuffle, cut into n // batch_size batches (the remainder waits for the next
     shuffle), and run the steps — as one `lax.scan` (one dispatch) or a Python loop.
 
+    The data set is never copied in the epoch's order: the shuffle is a permutation of the
+    row indices, and each step gathers its batch, x[idx], inside the compiled step (with a
+    mesh, from the devices' shares of the data set: each device picks the rows it holds and
+    XLA sums the picks across the devices). A full batch is the data set as it is.
+
     With `recorded_steps` = (the recorded step, the same with histograms) for diagnostics,
     the epoch's steps 0, k, 2k, ... (k = `every`) are recorded and the others are plain:
     the epoch runs as chunks of one recorded step and k − 1 plain steps, so a plain step
     costs what it costs without diagnostics. `run.snapshot(state, x, y, epoch)` gives the
     histograms that the epoch's first step would record (its update is not kept).
-    Returns (state, mean loss, the epoch's records or None).
+    Returns (state, mean loss, the epoch's records or None); on a mesh all of them
+    replicated, so that every process can read them.
     """
     steps = n // batch_size
     full_batch = batch_size == n
+    # on a mesh, what an epoch returns is replicated: readable by every process
+    out = {} if mesh is None else {"out_shardings": NamedSharding(mesh, P())}
 
-    @jax.jit
-    def batches(x, y, epoch):
+    def order(epoch):
+        """The epoch's batches as rows of indices into the data set, (steps, batch_size);
+        for a full batch an empty (1, 0) (the data set is the batch, in its order)."""
         if full_batch:
-            return x[None], y[None]
+            return jnp.zeros((1, 0), jnp.int32)
         perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)
-        perm = perm[:steps * batch_size]
-        xb = x[perm].reshape((steps, batch_size) + x.shape[1:])
-        yb = y[perm].reshape((steps, batch_size) + y.shape[1:])
-        if mesh is not None:  # each device gathers its own part of every batch
-            xb, yb = shard_batch(mesh, xb, axis=1), shard_batch(mesh, yb, axis=1)
-        return xb, yb
+        return perm[:steps * batch_size].reshape(steps, batch_size)
+
+    def rows(a, idx):
+        return a if full_batch else a[idx]
 
     recorded, with_histograms = recorded_steps or (None, None)
 
@@ -418,19 +538,18 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
         return (jnp.stack([d["stats"][k] for k in _diagnostics.SCALARS]), d["update_ratio"],
                 d["step"])
 
-    def plain_steps(state, xb, yb):
-        return lax.scan(lambda s, b: step(s, *b), state, (xb, yb))
+    def plain_steps(state, x, y, idx):
+        return lax.scan(lambda s, i: step(s, rows(x, i), rows(y, i)), state, idx)
 
     def scanned(state, x, y, epoch):
-        xb, yb = batches(x, y, epoch)
+        idx = order(epoch)
         if recorded is None:
-            state, metrics = plain_steps(state, xb, yb)
+            state, metrics = plain_steps(state, x, y, idx)
             return state, jnp.mean(metrics["loss"]), None
 
-        def chunk(s, b):  # one recorded step, then plain ones
-            cx, cy = b
-            s, m = recorded(s, cx[0], cy[0])
-            s, plain = plain_steps(s, cx[1:], cy[1:])
+        def chunk(s, chunk_idx):  # one recorded step, then plain ones
+            s, m = recorded(s, rows(x, chunk_idx[0]), rows(y, chunk_idx[0]))
+            s, plain = plain_steps(s, x, y, chunk_idx[1:])
             return s, (jnp.concatenate([m["loss"][None], plain["loss"]]), packed(m["diagnostics"]))
 
         full, rest = divmod(steps, every)
@@ -438,52 +557,54 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
         for start, count, size in ((0, full, every), (full * every, 1 if rest else 0, rest)):
             if count:
                 stop = start + count * size
-                shape = (count, size)
-                state, (chunk_losses, chunk_records) = lax.scan(chunk, state, (
-                    xb[start:stop].reshape(shape + xb.shape[1:]),
-                    yb[start:stop].reshape(shape + yb.shape[1:])))
+                state, (chunk_losses, chunk_records) = lax.scan(
+                    chunk, state, idx[start:stop].reshape((count, size) + idx.shape[1:]))
                 losses.append(chunk_losses.reshape(-1))
                 records.append(chunk_records)
         records = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *records)
         return state, jnp.mean(jnp.concatenate(losses)), records
 
-    # one dispatch per step; the batch is sliced inside the jitted step, not eagerly
+    # one dispatch per step; the batch is gathered inside the jitted step
     def at(step_fn):
-        return jax.jit(lambda state, xb, yb, i: step_fn(state, xb[i], yb[i]), donate_argnums=0)
+        return jax.jit(lambda state, x, y, idx, i: step_fn(state, rows(x, idx[i]),
+                                                           rows(y, idx[i])),
+                       donate_argnums=0, **out)
 
     step_at = at(step)
     recorded_at = at(recorded) if recorded is not None else None
+    order_of = jax.jit(order, **out)
 
     def looped(state, x, y, epoch):
-        xb, yb = batches(x, y, epoch)
+        idx = order_of(epoch)
         losses, records = [], []
         for i in range(steps):
             if recorded_at is not None and i % every == 0:
-                state, metrics = recorded_at(state, xb, yb, i)
+                state, metrics = recorded_at(state, x, y, idx, i)
                 records.append(packed(metrics["diagnostics"]))
             else:
-                state, metrics = step_at(state, xb, yb, i)
+                state, metrics = step_at(state, x, y, idx, i)
             losses.append(metrics["loss"])
+        # stacked eagerly, as arrays of a mesh: a scalar is replicated, records go through
+        # `_host` (which gathers them from the processes of a mesh if they are split)
         stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *records) if records else None
         return state, jnp.mean(jnp.stack(losses)), stacked
 
     # the scanned epoch does not donate its input: fit keeps the state an epoch began from (a
     # NaN or a Ctrl-C hands it back), and XLA's copy into the loop costs less than a copy
     # dispatched apart (CPU, interleaved: within ±2% of a donated epoch, against +1–14%)
-    run = jax.jit(scanned) if scan else looped
+    run = jax.jit(scanned, **out) if scan else looped
     if recorded is None:
         return run
 
-    @jax.jit
-    def snapshot_at(state, x, y, epoch):
-        xb, yb = batches(x, y, epoch)
-        d = with_histograms(state, xb[0], yb[0])[1]["diagnostics"]
+    def snapshot(state, x, y, epoch):
+        idx = order(epoch)[0]
+        d = with_histograms(state, rows(x, idx), rows(y, idx))[1]["diagnostics"]
         return {"step": d["step"], **{k: d["stats"][k] for k in ("act_hist", "grad_hist")}}
 
     def with_snapshot(state, x, y, epoch):
         return run(state, x, y, epoch)
 
-    with_snapshot.snapshot = snapshot_at
+    with_snapshot.snapshot = jax.jit(snapshot, **out)
     return with_snapshot
 
 
@@ -530,13 +651,24 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
       checkpoint_dir that state is written there first, so a rerun resumes from it. (For
       both, fit keeps the state each epoch began from: the memory of one more state.)
     - epoch_mode: "scan" (each epoch one compiled loop), "steps" (a Python loop of jitted
-      steps), or "auto": scan, unless the data is large (≥ 1 GiB) or the net convolves
-      on a CPU, where XLA runs convolutions slowly inside a compiled loop.
-      `history["epoch_mode"]` says which ran.
+      steps), or "auto": scan, unless the net convolves on a CPU, where XLA runs
+      convolutions slowly inside a compiled loop. `history["epoch_mode"]` says which ran.
+      Neither copies the data set in the epoch's order: the shuffle permutes row indices,
+      and each step gathers its batch from the data set on the device.
     - devices: data-parallel training over these devices (a sequence, or a count of the
-      first ones): each batch is split across them, parameters and optimizer state are
-      replicated, and XLA sums the gradient across devices. The batch size must divide by
-      the device count.
+      first ones): the data set is split by rows over them (each holds about 1/devices of
+      it), each batch is split across them, parameters and optimizer state are replicated,
+      and XLA sums the gradient across devices. The batch size must divide by the device
+      count. Several processes (multi-controller JAX: `jax.distributed.initialize` in each,
+      then `devices=jax.devices()`, the devices of all of them): every process runs the
+      same fit call with the same full data set (checked: its sha256 is compared across
+      the processes) and puts only its devices' rows of it there; the returned state
+      holds global arrays (replicated, so `np.asarray` reads them in any process) and the
+      history is the same in every process (but `time_s`). The progress bar is drawn by
+      process 0; a checkpoint_dir must be one folder that all processes see (a shared file
+      system): process 0 writes it, all of them resume from it. A SIGTERM to any process
+      stops all of them after the same epoch, with the checkpoint written; on Ctrl-C
+      nothing is written (the processes may be in different epochs).
     - precision: None (compute in the params' dtype) or "bf16" (bfloat16 forward and
       backward, float32 master parameters, loss and update).
     - l2: λ of the penalty λ/2·Σ‖W‖² on weight matrices and kernels (`fbp.l2_penalty`),
@@ -596,6 +728,7 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         if xv.shape[1:] != x.shape[1:]:
             raise ValueError(f"fit: val_data x has example shape {xv.shape[1:]}, train_data x "
                              f"has {x.shape[1:]}")
+    _check_same_data(mesh, (x, y) if val_data is None else (x, y, xv, yv))
 
     key = jax.random.key(seed)
     state = init_state(net, optimizer, jax.random.fold_in(key, 0), input_shape)
@@ -613,14 +746,18 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
 
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     start, rotate = 0, True  # rotate: the latest file is good, keep it as the previous one
-    if ckpt_path is not None and (ckpt_path.exists() or _previous(ckpt_path).exists()):
+    resumed = ckpt_path is not None and (ckpt_path.exists() or _previous(ckpt_path).exists())
+    if resumed:
         start, state, history, best, rotate = _resume(ckpt_path, state, config)
+    if ckpt_path is not None and _spans_processes(mesh):
+        _check_same_start(ckpt_path.parent, start)
+    if resumed:
         if history.get("stopped") in ("patience", "stop_at_loss") or start >= epochs:
             if history.get("stopped") not in ("patience", "stop_at_loss"):
                 history["stopped"] = "epochs"
             return _result(mesh, state, best, patience), history
 
-    x, y = _as_param_dtype(x, state.params), _as_param_dtype(y, state.params)
+    x, y = _device_data(mesh, x, state.params), _device_data(mesh, y, state.params)
     recorder = None
     if diagnostics_every:
         spec = _diagnostics_spec(net, loss, state, x, y, batch)
@@ -639,12 +776,11 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     if val_data is not None:
         xv, yv = _as_param_dtype(xv, state.params), _as_param_dtype(yv, state.params)
     state = replicate(mesh, jax.tree_util.tree_map(jnp.asarray, state))
-    x, y = replicate(mesh, x), replicate(mesh, y)
 
     history["stopped"] = None  # in a checkpoint: the run goes on
     history["epoch_mode"] = "scan" if scan else "steps"
-    bar = tqdm(range(start, epochs), initial=start, total=epochs, disable=not progress,
-               unit="epoch", desc=f"fit ({grad})")
+    bar = _progress_bar(range(start, epochs), start, epochs, f"fit ({grad})",
+                        progress and jax.process_index() == 0)
     saved_epoch, kept = start, None
     with _SigtermStop(ckpt_path is not None) as sigterm:
         try:
@@ -698,9 +834,10 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
                         stop = "patience"
                 if stop_at_loss is not None and train_loss < stop_at_loss:
                     stop = "stop_at_loss"
-                if stop is None and sigterm.requested:
+                if stop is None and ckpt_path is not None and _any_process(sigterm.requested,
+                                                                           mesh):
                     stop, sigterm.handled = "sigterm", True
-                bar.set_postfix(postfix)
+                bar.set_postfix(postfix, refresh=False)  # drawn at the bar's pace
                 done = stop is not None or epoch + 1 == epochs
                 if done:
                     history["stopped"] = stop or "epochs"
@@ -709,7 +846,7 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
                         run_recorded_epoch.snapshot(state, x, y, epoch + 1)))
                 if ckpt_path is not None and ((epoch + 1) % checkpoint_every == 0 or done):
                     _flush(recorder)
-                    _save(ckpt_path, epoch + 1, state, history, best, config, rotate)
+                    _save(ckpt_path, epoch + 1, state, history, best, config, rotate, mesh)
                     saved_epoch, rotate = epoch + 1, True
                 if stop is not None:
                     break
@@ -720,7 +857,9 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
             _back_to(history, recorder, epochs_done, int(state.step))
             history["stopped"] = "interrupted"
             done_epoch = history["epoch"][-1] if history["epoch"] else 0
-            if ckpt_path is not None and done_epoch != saved_epoch:
+            # on a mesh over several processes, each may have stopped in another epoch:
+            # nothing is written (SIGTERM stops them all after the same epoch)
+            if ckpt_path is not None and done_epoch != saved_epoch and not _spans_processes(mesh):
                 _save(ckpt_path, done_epoch, state, history, best, config, rotate)
             raise Interrupted(f"fit: interrupted; the error's .state holds the state after "
                               f"epoch {done_epoch} and .history its history"
@@ -730,6 +869,44 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
             bar.close()
     _flush(recorder)
     return _result(mesh, state, best, patience), history
+
+
+# How often fit's progress bar is drawn again, at most: in place on a terminal or in a
+# notebook; as whole lines, one each LOG_INTERVAL_S, where the stream is a file or a pipe.
+TERMINAL_INTERVAL_S, NOTEBOOK_INTERVAL_S, LOG_INTERVAL_S = 0.1, 0.5, 10.0
+
+
+class _Lines:
+    """A stream that is neither a terminal nor a notebook, as tqdm's file: each redraw
+    ("\\r" + the bar) is written as a line of its own, so that a log file reads as a few
+    whole lines rather than one line of carriage returns."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.encoding = getattr(stream, "encoding", None)
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").rstrip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        getattr(self.stream, "flush", lambda: None)()
+
+
+def _progress_bar(epochs, start: int, total: int, desc: str, enabled: bool) -> tqdm:
+    """fit's bar over the epochs, on stderr, drawn at most every TERMINAL_INTERVAL_S in a
+    terminal, NOTEBOOK_INTERVAL_S in a notebook and LOG_INTERVAL_S (as whole lines) where
+    stderr is a file or a pipe; the postfix (loss, samples/s) is set without drawing."""
+    stream = sys.stderr
+    if getattr(stream, "isatty", lambda: False)():
+        file, every = stream, TERMINAL_INTERVAL_S
+    elif type(stream).__module__.startswith("ipykernel"):
+        file, every = stream, NOTEBOOK_INTERVAL_S
+    else:
+        file, every = _Lines(stream), LOG_INTERVAL_S
+    return tqdm(epochs, initial=start, total=total, desc=desc, unit="epoch",
+                disable=not enabled, file=file, mininterval=every)
 
 
 def _diagnostics_spec(net, loss, state: TrainState, x, y, batch: int) -> _diagnostics.Spec:
@@ -761,7 +938,12 @@ def _flush(recorder: _diagnostics.Recorder | None) -> None:
     once before a checkpoint is written and once at the end, not after every epoch."""
     if recorder is None or not recorder.pending:
         return
-    for stats, ratios, steps in jax.device_get(recorder.pending):
+    pending = recorder.pending
+    if all(a.is_fully_addressable for a in jax.tree_util.tree_leaves(pending)):
+        pending = jax.device_get(pending)
+    else:  # arrays of a mesh over several processes
+        pending = jax.tree_util.tree_map(_host, pending)
+    for stats, ratios, steps in pending:
         for i, step in enumerate(steps):
             recorder.add(step, dict(zip(_diagnostics.SCALARS, stats[i])), ratios[i])
     recorder.pending.clear()
@@ -772,15 +954,47 @@ def _previous(path: Path) -> Path:
 
 
 def _save(path: Path, epoch: int, state: TrainState, history, best, config,
-          rotate: bool = True) -> None:
+          rotate: bool = True, mesh: Mesh | None = None) -> None:
     """Write the checkpoint; with `rotate`, the file it replaces becomes the previous one
-    (not after a resume from the previous file: the latest was bad, the previous stays)."""
+    (not after a resume from the previous file: the latest was bad, the previous stays).
+
+    On a mesh over several processes every process calls this: each brings the state to
+    its host, process 0 alone writes, and the others learn whether it could (if not, they
+    raise too, instead of waiting for it in the next epoch)."""
     tree = {"state": _saveable(state)}
     if best["params"] is not None:
         tree["best_params"] = best["params"]
     meta = {"epoch": epoch, "history": history, "config": config,
             "best_val_loss": best["val_loss"], "bad_epochs": best["bad_epochs"]}
-    checkpoint.save(path, tree, meta, previous=_previous(path) if rotate else None)
+    previous = _previous(path) if rotate else None
+    if not _spans_processes(mesh):
+        checkpoint.save(path, tree, meta, previous=previous)
+        return
+    tree = jax.tree_util.tree_map(_host, tree)
+    failure = None
+    if jax.process_index() == 0:
+        try:
+            checkpoint.save(path, tree, meta, previous=previous)
+        except Exception as e:  # raised below, once the other processes know
+            failure = e
+    if _any_process(failure is not None, mesh):
+        if failure is not None:
+            raise failure
+        raise RuntimeError(f"fit: process 0 could not write the checkpoint {path} (its own "
+                           "error says why); this process stops too")
+
+
+def _check_same_start(folder: Path, start: int) -> None:
+    """On a mesh over several processes, all must resume from the same epoch (they read
+    the same checkpoint) or all start afresh."""
+    starts = np.asarray(multihost_utils.process_allgather(np.asarray([start], np.int64)))
+    starts = starts.reshape(-1).tolist()
+    if len(set(starts)) > 1:
+        raise ValueError(
+            f"fit: the processes found different checkpoints in {folder} (epochs {starts}, "
+            "by process); on a mesh over several processes, checkpoint_dir must be one "
+            "folder that every process sees (a shared file system): process 0 writes it, "
+            "all of them resume from it")
 
 
 def _resume(path: Path, state: TrainState, config):
