@@ -6,7 +6,9 @@ output position (p, q) sees x̃[p·s_h + i, q·s_w + j] for the window offsets (
 Both backward passes visit the window offsets one by one: offset (i, j) of every window
 is the strided slice x̃[i::s_h, j::s_w] (cut to the output size; `window_view`), and its
 gradient goes back to that same slice (`window_spread`: s − 1 zeros between entries);
-the offsets' parts are summed, which XLA fuses into one pass (no scatter).
+the offsets' parts are summed, which XLA fuses into one pass (no scatter). max_pool with
+windows that tile the input (strides = window, the default) writes each (k_h, k_w) block
+of ∂x̃ directly instead.
 """
 
 from __future__ import annotations
@@ -78,6 +80,20 @@ def _pool_layer(kind: str, window, strides, padding, fwd, bwd) -> Layer:
     return Layer(name, init, layer_fwd, layer_bwd)
 
 
+def _tile_windows(winner, g, window, padded_hw):
+    """∂x̃ for windows that tile x̃ (strides = window): block (p, q) of ∂x̃, (k_h, k_w), holds
+    g[n, p, q, c] at its offset winner[n, p, q, c] (row-major) and zeros elsewhere; rows and
+    columns past the last window are zero. One elementwise pass over ∂x̃."""
+    (kh, kw), (n, m_h, m_w, c) = window, g.shape
+    shape = (1, 1, kh, 1, kw, 1)   # (n, p, i, q, j, c)
+    offset = lax.broadcasted_iota(jnp.int32, shape, 2) * kw + lax.broadcasted_iota(
+        jnp.int32, shape, 4)
+    blocks = jnp.where(winner[:, :, None, :, None, :] == offset, g[:, :, None, :, None, :], 0)
+    blocks = blocks.reshape(n, m_h * kh, m_w * kw, c)
+    return jnp.pad(blocks, ((0, 0), (0, padded_hw[0] - m_h * kh), (0, padded_hw[1] - m_w * kw),
+                            (0, 0)))
+
+
 def _pad_nhwc(x, pads, value):
     return jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=value)
 
@@ -116,8 +132,12 @@ def max_pool(window, *, strides=None, padding="VALID") -> Layer:
         for k, v in enumerate(views[1:], 1):
             wins = (v > best) | (jnp.isnan(v) & ~jnp.isnan(best))
             best, winner = jnp.where(wins, v, best), jnp.where(wins, k, winner)
-        dxp = sum(window_spread(jnp.where(winner == k, g, 0), offset, strides, xp.shape[1:3])
-                  for k, offset in enumerate(offsets))
+        if strides == window:  # windows side by side: each ∂x̃ element is in one window
+            dxp = _tile_windows(winner, g, window, xp.shape[1:3])
+        else:
+            dxp = sum(window_spread(jnp.where(winner == k, g, 0), offset, strides,
+                                    xp.shape[1:3])
+                      for k, offset in enumerate(offsets))
         return _crop_nhwc(dxp, pads, x.shape[1:3])
 
     return _pool_layer("max_pool", window, strides, padding, fwd, bwd)
