@@ -205,9 +205,10 @@ def _steps(n: int) -> str:
     return f"{n} step" if n == 1 else f"{n} steps"
 
 
-# Why a peer is faster than fbp where it is, per (peer, model kind): what was measured about
-# it (benchmarks/README.md, "Peers"). Printed only under a run where that peer is faster.
-PEER_FASTER_BECAUSE: dict[tuple[str, str], str] = {}
+# Why a peer is faster than fbp where it is, per (peer, model kind, platform): what was
+# measured about it (benchmarks/README.md, "Peers"). Printed only under a run where that
+# peer is faster; elsewhere (another platform, say) the reason is "not investigated".
+PEER_FASTER_BECAUSE: dict[tuple[str, str, str], str] = {}
 FASTER = 1.05  # fbp manual / peer above this: the peer counts as faster
 
 
@@ -244,8 +245,8 @@ def _peers_block(records) -> list[str]:
         lines += ["", "Where a peer is faster than fbp manual (by more than "
                   f"{100 * (FASTER - 1):.0f}%):", ""]
         for p in faster:
-            why = PEER_FASTER_BECAUSE.get((p["framework"], p.get("model_kind")),
-                                          "not investigated")
+            why = PEER_FASTER_BECAUSE.get((p["framework"], p.get("model_kind"),
+                                           p.get("platform")), "not investigated")
             lines.append(f"- {p['config']}: {p['framework']} {p['fbp_manual_over_peer']:.2f}× "
                          f"— {why}")
     else:

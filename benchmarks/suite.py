@@ -331,8 +331,7 @@ def bench_config(config: Config, settings: Settings,
                 continue
             s = measure.compile_stats(peer.fresh_jit(), *peer.lower_args)[0] \
                 if peer.fresh_jit is not None else {}
-            first_loss = float(np.asarray(jax.block_until_ready(peer.run())[1],
-                                          dtype=np.float64))
+            first_loss = float(jax.block_until_ready(peer.run())[1])  # a jax or torch scalar
             runners[name] = peer.run
             meta[name] = {"framework": name, "grad": peer.grad, "peer_version": peer.version,
                           "peer_params": peer.n_params, "peer_init": peer.init,
