@@ -7,6 +7,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from fbp._layer import (
     Layer,
@@ -40,6 +41,32 @@ def _check_bsd(name: str, shape) -> None:
                          f"got shape {tuple(shape)}")
 
 
+def _heads(a, b: int, t: int, n: int, num_heads: int):
+    """(B·T, n·d) rows -> n arrays (B, h, T, d_h): the heads split, batch and head leading
+    (the layout XLA's batched dots take without a transpose of their own)."""
+    a = a.reshape(b, t, n, num_heads, a.shape[-1] // (n * num_heads))
+    return tuple(jnp.transpose(a, (2, 0, 3, 1, 4)))
+
+
+def _rows(*heads):
+    """n arrays (B, h, T, d_h) -> (B·T, n·d) rows: the heads merged back, side by side."""
+    b, h, t, dh = heads[0].shape
+    return jnp.transpose(jnp.stack(heads), (1, 3, 0, 2, 4)).reshape(b * t, len(heads) * h * dh)
+
+
+def _qkv(params):
+    """W = [W_q | W_k | W_v] (d, 3d) and its bias [b_q | 0 | b_v]: the three projections as
+    one matrix product."""
+    w = jnp.concatenate([params["w_q"], params["w_k"], params["w_v"]], axis=1)
+    b = jnp.concatenate([params["b_q"], jnp.zeros_like(params["b_q"]), params["b_v"]])
+    return w, b
+
+
+def _causal(t: int):
+    """(T, T) booleans, True where key j ≤ query i (built from iotas inside the program)."""
+    return lax.broadcasted_iota(jnp.int32, (t, t), 0) >= lax.broadcasted_iota(jnp.int32, (t, t), 1)
+
+
 def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: int | None = None,
                          w_init=jax.nn.initializers.glorot_uniform(),
                          b_init=jax.nn.initializers.zeros) -> Layer:
@@ -53,17 +80,23 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
 
     Params: "w_q", "w_k", "w_v", "w_o", each (d, d), and biases "b_q", "b_v", "b_o", each
     (d,). There is no key bias (as in Whisper): it would add q_i·b_k to every score of row
-    i, which the softmax cancels, so its gradient is identically zero. The causal mask
-    uses the dtype's most negative finite number, so exp gives exactly 0 there.
+    i, which the softmax cancels, so its gradient is identically zero.
+
+    Computed as: [Q | K | V] = x [W_q | W_k | W_v] + [b_q | 0 | b_v] (one matrix product),
+    the heads laid out (B, h, T, d_h) for the batched products, Q scaled by 1/√d_h first;
+    P kept unnormalized, E = exp(S − rowmax S) (masked entries exactly 0), with the row
+    factor r = 1 / rowsum E, so P = r ⊙ E and O = r ⊙ (E V).
 
     Backward, for g = ∂L/∂y (per head where the arrays are per head):
         ∂W_o = Oᵀ g,  ∂b_o = Σ g,  ∂O = g W_oᵀ                          (dense)
-        ∂V = Pᵀ ∂O
+        ∂V = Pᵀ ∂O = Eᵀ (r ⊙ ∂O)
         ∂P = ∂O Vᵀ
-        ∂S = P ⊙ (∂P − rowsum(∂P ⊙ P))     (the softmax VJP; masked entries: P = 0 ⇒ 0)
+        ∂S = P ⊙ (∂P − rowsum(P ⊙ ∂P))      (the softmax VJP)
+           = E ⊙ (∂P' − r ⊙ rowsum(E ⊙ ∂P')),  ∂P' = r ⊙ ∂P = (r ⊙ ∂O) Vᵀ
+             (masked entries: E = 0 ⇒ 0; a row with one allowed key: E = 1, r = 1 ⇒ exactly 0)
         ∂Q = ∂S K / √d_h,   ∂K = ∂Sᵀ Q / √d_h
-        ∂W_z = xᵀ ∂Z  for Z = Q, K, V;   ∂b_q = Σ ∂Q,  ∂b_v = Σ ∂V            (dense)
-        ∂x = ∂Q W_qᵀ + ∂K W_kᵀ + ∂V W_vᵀ   (x feeds all three projections)
+        [∂W_q | ∂W_k | ∂W_v] = xᵀ [∂Q | ∂K | ∂V];   ∂b_q = Σ ∂Q,  ∂b_v = Σ ∂V
+        ∂x = [∂Q | ∂K | ∂V] [W_q | W_k | W_v]ᵀ   (x feeds all three projections)
 
     chunk_size=c: the same function and gradients, but P is never formed whole. The forward
     runs an online softmax over blocks of c keys and keeps only O and the per-row
@@ -99,19 +132,9 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
         return {**{f"w_{z}": (d, d) for z in _PROJECTIONS},
                 **{f"b_{z}": (d,) for z in _BIASES}}
 
-    def project(params, z, a):
-        """a W_z (+ b_z) on (B, T, d)."""
-        y = a @ params[f"w_{z}"]
-        return y + params[f"b_{z}"][None, None, :] if z in _BIASES else y
-
-    def heads(a):
-        """(B, T, d) -> (B, T, h, d_h)."""
-        b, t, d = a.shape
-        return a.reshape(b, t, num_heads, d // num_heads)
-
-    # fwd :: (P, X) -> (Y, res)   (Q, K, V, O split in heads)
-    #   dense:   res = (x, Q, K, V, P, O)
-    #   chunked: res = (x, O, lse)   — O(T) per head: no P, and Q, K, V recomputed from x
+    # fwd :: (P, X) -> (Y, res)   (Q, K, V, E, O as (B, h, T, d_h), O also as rows)
+    #   dense:   res = (x, Q/√d_h, K, V, E, r, O rows)
+    #   chunked: res = (x, O rows, lse)   — O(T) per head: no P; Q, K, V recomputed from x
     def fwd(params, x, *, key=None, train=False):
         del key, train
         w_q = params.get("w_q") if isinstance(params, dict) else None
@@ -121,55 +144,56 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
         _check_bsd(name, x.shape)
         check_input(name, x, last_dim=d)
         _check_heads(name, d, num_heads)
+        b, t, _ = x.shape
         scale = 1 / math.sqrt(d // num_heads)
-        q, k, v = (heads(project(params, z, x)) for z in "qkv")
+        w, bias = _qkv(params)
+        q, k, v = _heads(x.reshape(b * t, d) @ w + bias[None, :], b, t, 3, num_heads)
+        q = q * scale
         if chunk_size:
-            o, lse = _chunked.forward(q * scale, k, v, chunk=chunk_size, causal=causal)
-            return project(params, "o", o.reshape(x.shape)), (x, o, lse)
-        s = jnp.einsum("bihe,bjhe->bhij", q, k) * scale
+            o, lse = _chunked.forward(q, k, v, chunk=chunk_size, causal=causal)
+            o = _rows(o)
+            y = o @ params["w_o"] + params["b_o"][None, :]
+            return y.reshape(x.shape), (x, o, lse)
+        s = jnp.einsum("bhid,bhjd->bhij", q, k)
         if causal:
-            t = x.shape[1]
-            keep = jnp.tril(jnp.ones((t, t), dtype=bool))
-            s = jnp.where(keep[None, None, :, :], s, jnp.finfo(s.dtype).min)
-        p = jax.nn.softmax(s, axis=-1)
-        o = jnp.einsum("bhij,bjhe->bihe", p, v)
-        y = project(params, "o", o.reshape(x.shape))
-        return y, (x, q, k, v, p, o)
+            s = jnp.where(_causal(t)[None, None], s, -jnp.inf)  # diagonal kept: rowmax finite
+        e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+        r = 1 / jnp.sum(e, axis=-1, keepdims=True)
+        o = _rows(jnp.einsum("bhij,bhjd->bhid", e, v) * r)
+        y = o @ params["w_o"] + params["b_o"][None, :]
+        return y.reshape(x.shape), (x, q, k, v, e, r, o)
 
     # bwd :: (P, res, CT Y) -> (CT P, CT X)
     def bwd(params, res, g):
-        x = res[0]
+        x, o = res[0], res[-2 if chunk_size else -1]
         b, t, d = x.shape
+        x, g = x.reshape(b * t, d), g.reshape(b * t, d)
         scale = 1 / math.sqrt(d // num_heads)
-
-        def rows(a):
-            """(B, T, ...) -> (B·T, d): one row per position, as dense sees them."""
-            return a.reshape(b * t, d)
-
-        if chunk_size:
-            _, o, lse = res
-            q, k, v = (heads(project(params, z, x)) for z in "qkv")  # recomputed
-        else:
-            _, q, k, v, p, o = res
-        grads = {"w_o": rows(o).T @ rows(g), "b_o": rows(g).sum(axis=0)}
-        do = heads(g @ params["w_o"].T)
+        w, bias = _qkv(params)
+        grads = {"w_o": o.T @ g, "b_o": jnp.sum(g, axis=0)}
+        do = g @ params["w_o"].T
         if chunk_size:  # the blocks of P recomputed from lse, one at a time
+            lse = res[2]
+            q, k, v = _heads(x @ w + bias[None, :], b, t, 3, num_heads)
+            (do,) = _heads(do, b, t, 1, num_heads)
+            (o,) = _heads(o, b, t, 1, num_heads)
             dq, dk, dv = _chunked.backward(q * scale, k, v, o, lse, do, chunk=chunk_size,
                                            causal=causal)
-            dq = dq * scale
         else:
-            dv = jnp.einsum("bhij,bihe->bjhe", p, do)                 # Pᵀ ∂O
-            dp = jnp.einsum("bihe,bjhe->bhij", do, v)                 # ∂O Vᵀ
-            ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))  # softmax VJP
-            dq = jnp.einsum("bhij,bjhe->bihe", ds, k) * scale         # ∂S K / √d_h
-            dk = jnp.einsum("bhij,bihe->bjhe", ds, q) * scale         # ∂Sᵀ Q / √d_h
-        dx = jnp.zeros_like(x)
-        for z, dz in zip("qkv", (dq, dk, dv)):
-            grads[f"w_{z}"] = rows(x).T @ rows(dz)
-            if z in _BIASES:
-                grads[f"b_{z}"] = rows(dz).sum(axis=0)
-            dx = dx + dz.reshape(b, t, d) @ params[f"w_{z}"].T
-        return grads, dx
+            _, q, k, v, e, r, _ = res
+            (do,) = _heads(do, b, t, 1, num_heads)
+            do = do * r                                              # r ⊙ ∂O
+            dv = jnp.einsum("bhij,bhid->bhjd", e, do)                # Eᵀ (r ⊙ ∂O)
+            dp = jnp.einsum("bhid,bhjd->bhij", do, v)                # r ⊙ ∂P
+            ds = e * (dp - r * jnp.sum(e * dp, axis=-1, keepdims=True))  # softmax VJP
+            dq = jnp.einsum("bhij,bhjd->bhid", ds, k)                # ∂S K
+            dk = jnp.einsum("bhij,bhid->bhjd", ds, q)                # ∂Sᵀ Q / √d_h
+        dqkv = _rows(dq * scale, dk, dv)                              # (B·T, 3d)
+        dw = x.T @ dqkv
+        db = jnp.sum(dqkv, axis=0)
+        grads.update(w_q=dw[:, :d], w_k=dw[:, d:2 * d], w_v=dw[:, 2 * d:],
+                     b_q=db[:d], b_v=db[2 * d:])
+        return grads, (dqkv @ w.T).reshape(b, t, d)
 
     return Layer(name, init, fwd, bwd)
 

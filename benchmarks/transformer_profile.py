@@ -1,0 +1,199 @@
+"""`python -m benchmarks.transformer_profile`: where a transformer train step's time goes.
+
+The model of the suite's transformer config: 2 pre-LN `transformer_block`s (d = 256, 8 heads,
+causal, MLP ×4), batch 16, T = 128, float32. Timed, interleaved in one process (A B C, then
+C B A, ...; warm-up first; each call ends in `block_until_ready`; medians):
+
+- mha fwd          `multi_head_attention.fwd` (output and residuals, as training runs it)
+- mha bwd          `multi_head_attention.bwd` from those residuals
+- mha fwd (chunked), mha bwd (chunked)   the same with `chunk_size=` (FlashAttention-style)
+- block fwd+bwd    one `transformer_block`, fwd then bwd for a given cotangent
+- step manual      2 blocks, MSE, SGD: `fbp.value_and_grad` + the update, one jitted step
+- step jax.grad    the same with `fbp.autodiff_value_and_grad`
+- matmul           (B·T, d) @ (d, 4d), the MLP's GEMM: the rate the pieces are compared with
+
+Each piece is printed with its time, XLA's flop count, its rate, and the time it would take
+at the GEMM's rate (the "floor"). `--hlo DIR` writes each compiled program's text
+(`jax.jit(f).lower(...).compile().as_text()`) and prints a census of its instructions:
+how many dots, transposes, copies and fusions XLA made of it.
+
+Only fbp's public API and JAX are used; nothing here is imported by fbp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import fbp
+from fbp import layers as L
+
+B, T, D, HEADS, MLP = 16, 128, 256, 8, 4
+
+
+def _random_like(tree, rng, scale=0.05):
+    """The tree's shapes, filled with small random numbers (no zero biases or unit scales:
+    a zero would hide a wrong gradient term)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return jax.tree.unflatten(treedef, [
+        jnp.asarray(a + scale * rng.standard_normal(a.shape), jnp.float32) for a in leaves])
+
+
+def _init(layer, shape, rng):
+    _, params = layer.init(jax.random.key(0), shape)
+    return _random_like(params, rng)
+
+
+def interleaved(runners: dict, *, repeats: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of each runner, in turn (A B C, C B A, ...) after `warmup` calls."""
+    for run in runners.values():
+        for _ in range(warmup):
+            jax.block_until_ready(run())
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    order = list(runners.items())
+    for i in range(repeats):
+        for name, run in order if i % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            jax.block_until_ready(run())
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def _flops(compiled) -> float | None:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # not every backend gives one
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = next((c for c in cost if isinstance(c, dict) and c), None)
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops else None
+
+
+_OP = re.compile(r"=\s*[^=]*?\b([a-z][a-z0-9-]*)\(")
+
+
+def census(hlo: str) -> dict[str, int]:
+    """How many instructions of each interesting kind an optimized HLO module holds (in all
+    its computations, fused ones included), and how many top-level fusions."""
+    counts: collections.Counter = collections.Counter()
+    for line in hlo.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("HloModule", "}", "//")) or "=" not in line:
+            continue
+        m = _OP.search(line)
+        if m:
+            counts[m.group(1)] += 1
+    keys = ("dot", "transpose", "copy", "fusion", "reduce", "exponential", "select",
+            "custom-call", "while", "conditional")
+    return {k: counts.get(k, 0) for k in keys}
+
+
+def dot_shapes(hlo: str) -> list[str]:
+    """The dots of the entry computations, as `result = dot(lhs, rhs), dims`."""
+    out = []
+    for line in hlo.splitlines():
+        if re.search(r"\bdot\(", line):
+            s = line.strip()
+            s = re.sub(r", metadata=\{.*", "", s)
+            out.append(s[:220])
+    return out
+
+
+def programs(chunk: int):
+    """{name: (jitted function, args)} for every timed piece."""
+    rng = np.random.default_rng(0)
+    shape = (B, T, D)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    g = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    out = {}
+
+    for tag, layer in (("", L.multi_head_attention(HEADS, causal=True)),
+                       (" (chunked)", L.multi_head_attention(HEADS, causal=True,
+                                                             chunk_size=chunk))):
+        p = _init(layer, shape, rng)
+        fwd = jax.jit(lambda p, x, layer=layer: layer.fwd(p, x))
+        res = fwd(p, x)[1]
+        out[f"mha fwd{tag}"] = (fwd, (p, x))
+        out[f"mha bwd{tag}"] = (jax.jit(layer.bwd), (p, res, g))
+        out[f"mha fwd+bwd{tag}"] = (
+            jax.jit(lambda p, x, g, layer=layer: layer.bwd(p, layer.fwd(p, x)[1], g)), (p, x, g))
+
+    block = L.transformer_block(HEADS, MLP, causal=True)
+    pb = _init(block, shape, rng)
+    out["block fwd+bwd"] = (jax.jit(lambda p, x, g: block.bwd(p, block.fwd(p, x)[1], g)),
+                            (pb, x, g))
+
+    net = L.serial(L.transformer_block(HEADS, MLP, causal=True),
+                   L.transformer_block(HEADS, MLP, causal=True))
+    pn = _init(net, shape, rng)
+    y = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    for name, grad_fn in (("step manual", fbp.value_and_grad(net, fbp.losses.mse)),
+                          ("step jax.grad", fbp.autodiff_value_and_grad(net, fbp.losses.mse))):
+        def step(p, x, y, grad_fn=grad_fn):
+            value, grads = grad_fn(p, x, y)
+            return jax.tree.map(lambda w, d: w - 0.01 * d, p, grads), value
+        out[name] = (jax.jit(step), (pn, x, y))  # not donated: every call starts from pn
+
+    a = jnp.asarray(rng.standard_normal((B * T, D)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((D, MLP * D)), jnp.float32)
+    out["matmul"] = (jax.jit(jnp.matmul), (a, w))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.transformer_profile",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--chunk", type=int, default=64, help="chunk_size of the chunked MHA")
+    parser.add_argument("--only", action="append", default=None,
+                        help="time only the pieces whose name contains this; repeatable")
+    parser.add_argument("--hlo", type=Path, default=None,
+                        help="write each compiled program's HLO text here, print a census")
+    parser.add_argument("--dots", action="store_true", help="with --hlo: list every dot")
+    args = parser.parse_args(argv)
+
+    progs = programs(args.chunk)
+    if args.only:
+        progs = {n: v for n, v in progs.items()
+                 if n == "matmul" or any(s in n for s in args.only)}
+    compiled = {n: f.lower(*a).compile() for n, (f, a) in progs.items()}
+    flops = {n: _flops(c) for n, c in compiled.items()}
+    if args.hlo:
+        args.hlo.mkdir(parents=True, exist_ok=True)
+        for n, c in compiled.items():
+            text = c.as_text()
+            (args.hlo / (n.replace(" ", "_").replace("(", "").replace(")", "")
+                         .replace("+", "_") + ".hlo.txt")).write_text(text)
+            print(f"{n:22s} {census(text)}")
+            if args.dots:
+                for s in dot_shapes(text):
+                    print("    ", s)
+        print()
+
+    runners = {n: (lambda c=c, a=a: c(*a)) for n, c, a in
+               ((n, compiled[n], progs[n][1]) for n in progs)}
+    times = {n: statistics.median(ts) for n, ts in
+             interleaved(runners, repeats=args.repeats).items()}
+    rate = flops["matmul"] / times["matmul"]
+    print(f"{jax.devices()[0].device_kind}, JAX {jax.__version__}; "
+          f"batch {B}, T {T}, d {D}, {HEADS} heads, causal; medians of {args.repeats}")
+    print(f"{'piece':22s} {'ms':>8s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'floor ms':>9s}")
+    for n, t in times.items():
+        f = flops[n]
+        print(f"{n:22s} {1e3 * t:8.2f} "
+              + (f"{f / 1e9:8.3f} {f / t / 1e9:8.1f} {1e3 * f / rate:9.2f}" if f else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
