@@ -39,10 +39,16 @@ from fbp import layers as L
 from fbp import losses
 from fbp.train import init_state, make_step
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
 
 def interleaved(runners: dict[str, Callable[[], object]], repeats: int,
                 warmup: int = 3) -> dict[str, float]:
-    """Median seconds per call of each runner, called in turn (A B C, C B A, …)."""
+    """Median seconds per call of each runner, called in turn (A B C, C B A, …), by `clock`:
+    wall-clock, or this process's CPU time over all its threads (the work done, which
+    other processes on a shared machine disturb less; run under `taskset -c 0` to count
+    one core's work without threads spinning for each other)."""
     for run in runners.values():
         for _ in range(warmup):
             jax.block_until_ready(run())
@@ -50,9 +56,9 @@ def interleaved(runners: dict[str, Callable[[], object]], repeats: int,
     order = list(runners.items())
     for i in range(repeats):
         for name, run in order if i % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
+            t0 = clock()
             jax.block_until_ready(run())
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -160,12 +166,17 @@ def main(argv=None):
                         "(e.g. conv); the step is timed as well unless --no-step")
     parser.add_argument("--no-step", action="store_true", help="skip the whole train step")
     parser.add_argument("--no-layers", action="store_true", help="time only the train step")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall-clock time (default) or the process's CPU time")
     args = parser.parse_args(argv)
+    global clock
+    clock = CLOCKS[args.clock]
     dtype = jnp.dtype("float32")
     layers = cnn_layers()
     input_shape = (args.batch, 28, 28, 1)
     print(f"CNN, batch {args.batch}, 28×28×1, float32, {jax.devices()[0].platform}, "
-          f"jax {jax.__version__}; medians of {args.repeats} interleaved repeats\n")
+          f"jax {jax.__version__}; medians of {args.repeats} interleaved repeats, "
+          f"{args.clock} time\n")
     step_flops = profile_layers(layers, input_shape, args.repeats,
                                 "\0" if args.no_layers else args.only, dtype)
     if not args.no_step:
