@@ -15,7 +15,9 @@ C B A, ...; warm-up first; each call ends in `block_until_ready`; medians):
 Each piece is printed with its time, XLA's flop count, its rate, and the time it would take
 at the GEMM's rate (the "floor"). `--hlo DIR` writes each compiled program's text
 (`jax.jit(f).lower(...).compile().as_text()`) and prints a census of its instructions:
-how many dots, transposes, copies and fusions XLA made of it.
+how many dots, transposes, copies and fusions XLA made of it. `--ops NAME` runs one piece
+under `jax.profiler` and lists its XLA operations by time (a thunk's wall time, so on a busy
+machine every row is inflated alike; the shares are what to read).
 
 Only fbp's public API and JAX are used; nothing here is imported by fbp.
 """
@@ -24,8 +26,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gzip
+import json
 import re
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -108,6 +113,64 @@ def dot_shapes(hlo: str) -> list[str]:
     return out
 
 
+def op_times(compiled, args, runs: int = 5) -> dict[str, float]:
+    """Seconds per call of each XLA operation (by HLO name), from a `jax.profiler` trace of
+    `runs` calls; {} where the trace holds no per-operation events."""
+    jax.block_until_ready(compiled(*args))
+    with tempfile.TemporaryDirectory() as where:
+        jax.profiler.start_trace(where)
+        for _ in range(runs):
+            jax.block_until_ready(compiled(*args))
+        jax.profiler.stop_trace()
+        traces = sorted(Path(where).rglob("*.trace.json.gz"))
+        if not traces:
+            return {}
+        with gzip.open(traces[-1]) as f:
+            events = json.load(f).get("traceEvents", [])
+    total: collections.Counter = collections.Counter()
+    for e in events:
+        op = (e.get("args") or {}).get("hlo_op")
+        if op and e.get("ph") == "X":
+            total[op] += e.get("dur", 0) * 1e-6 / runs
+    return dict(total)
+
+
+def entry_ops(hlo: str) -> dict[str, tuple[str, bool]]:
+    """HLO name -> ("kind shape <- operands", whether it is or calls a dot) for the
+    instructions of the entry computation."""
+    with_dot, current = set(), None
+    for line in hlo.splitlines():
+        head = re.match(r"\s*%?([\w.\-]+) \(.*\) -> .* \{$", line)
+        if head:
+            current = head.group(1)
+        elif current and re.search(r"\bdot\(", line):
+            with_dot.add(current)
+    out = {}
+    for line in hlo[hlo.find("ENTRY"):].splitlines()[1:]:
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*?)\)", line)
+        if m:
+            name, shape, kind, operands = m.groups()
+            calls = re.search(r"calls=%?([\w.\-]+)", line)
+            dot = kind == "dot" or bool(calls and calls.group(1) in with_dot)
+            out[name] = (f"{kind} {shape.split('{')[0]} <- {operands[:80]}", dot)
+    return out
+
+
+def print_ops(name: str, compiled, args, top: int = 30) -> None:
+    times = op_times(compiled, args)
+    if not times:
+        print(f"{name}: the profiler trace held no per-operation times")
+        return
+    ops = entry_ops(compiled.as_text())
+    total = sum(times.values())
+    print(f"{name}: {len(times)} operations, {1e3 * total:.1f} ms summed")
+    for op, t in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {1e3 * t:7.2f} ms {100 * t / total:5.1f}%  {op:28s} {ops.get(op, ('',))[0]}")
+    dots = sum(t for op, t in times.items() if ops.get(op, ("", False))[1])
+    print(f"  in dots (and what XLA fused into them): {100 * dots / total:.0f}% of the summed "
+          "time\n")
+
+
 def programs(chunk: int):
     """{name: (jitted function, args)} for every timed piece."""
     rng = np.random.default_rng(0)
@@ -160,6 +223,8 @@ def main(argv=None) -> int:
     parser.add_argument("--hlo", type=Path, default=None,
                         help="write each compiled program's HLO text here, print a census")
     parser.add_argument("--dots", action="store_true", help="with --hlo: list every dot")
+    parser.add_argument("--ops", action="append", default=None,
+                        help="profile this piece (e.g. 'step manual'): its operations by time")
     args = parser.parse_args(argv)
 
     progs = programs(args.chunk)
@@ -180,6 +245,8 @@ def main(argv=None) -> int:
                     print("    ", s)
         print()
 
+    for n in args.ops or ():
+        print_ops(n, compiled[n], progs[n][1])
     runners = {n: (lambda c=c, a=a: c(*a)) for n, c, a in
                ((n, compiled[n], progs[n][1]) for n in progs)}
     times = {n: statistics.median(ts) for n, ts in

@@ -51,7 +51,8 @@ def _heads(a, b: int, t: int, n: int, num_heads: int):
 def _rows(*heads):
     """n arrays (B, h, T, d_h) -> (B·T, n·d) rows: the heads merged back, side by side."""
     b, h, t, dh = heads[0].shape
-    return jnp.transpose(jnp.stack(heads), (1, 3, 0, 2, 4)).reshape(b * t, len(heads) * h * dh)
+    rows = [jnp.transpose(a, (0, 2, 1, 3)).reshape(b * t, h * dh) for a in heads]
+    return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=1)
 
 
 def _qkv(params):
