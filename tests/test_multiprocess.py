@@ -3,6 +3,7 @@ machine, two CPU devices each, CPU collectives over gloo, against a single-proce
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from fbp import checkpoint, losses
 from fbp import layers as L
 from fbp.optim import gd
-from fbp.train import CHECKPOINT_FILE, fit
+from fbp.train import CHECKPOINT_FILE, evaluate, fit, predict
 
 pytestmark = [pytest.mark.slow, pytest.mark.standard_dtype_promotion]
 
@@ -37,11 +38,11 @@ def net(kind="dropout"):
     return L.serial(L.dense(16), L.batch_norm(0.8), L.relu(), L.dense(3))  # whole-batch stats
 
 
-WORKER = textwrap.dedent("""
+PREAMBLE = textwrap.dedent("""
     import json, sys
-    process, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    process, port, out, tests, folder = int(sys.argv[1]), sys.argv[2], *sys.argv[3:6]
     import jax
-    try:  # the default from JAX 0.10 on; named for the versions before
+    try:  # gloo: JAX's default in recent versions, named for older ones
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     except AttributeError:
         pass
@@ -52,9 +53,11 @@ WORKER = textwrap.dedent("""
     import fbp.train as T
     from fbp import losses
     from fbp.optim import gd
-    sys.path.insert(0, sys.argv[4])
+    sys.path.insert(0, tests)
     from test_multiprocess import BATCH, CONFIGS, EPOCHS, data, net
+""")
 
+WORKER = PREAMBLE + textwrap.dedent("""
     assert jax.process_count() == 2 and len(jax.devices()) == 4 and len(jax.local_devices()) == 2
     placed = []  # the data arrays fit puts on the devices
     device_data = T._device_data
@@ -74,12 +77,24 @@ WORKER = textwrap.dedent("""
     result["shards"] = sorted({(len(a.addressable_shards), a.addressable_shards[0].data.shape[0],
                                 a.shape[0]) for a in placed})
     # batch_norm, diagnostics, validation and a checkpoint that process 0 writes; resumed
-    folder = sys.argv[5]
+    save, result["saves"] = T.checkpoint.save, 0
+
+    def counted_save(*a, **k):
+        result["saves"] += 1
+        return save(*a, **k)
+
+    T.checkpoint.save = counted_save
     kw = dict(batch_size=BATCH, devices=jax.devices(), progress=False, diagnostics_every=2,
               val_data=data(seed=1), epoch_mode="scan")
     T.fit(net("bn"), ce, gd(0.1), (x, y), epochs=EPOCHS - 1, checkpoint_dir=folder, **kw)
     resume = T._resume
-    T._resume = lambda *a: result.setdefault("resumed_from", resume(*a)[0]) and resume(*a)
+
+    def recorded_resume(*a):
+        found = resume(*a)
+        result["resumed_from"] = found[0]
+        return found
+
+    T._resume = recorded_resume
     state, history = T.fit(net("bn"), ce, gd(0.1), (x, y), epochs=EPOCHS, checkpoint_dir=folder,
                            **kw)
     for i, leaf in enumerate(jax.tree.leaves((state.params, state.net_state))):
@@ -87,6 +102,7 @@ WORKER = textwrap.dedent("""
     result["bn"] = {k: history[k] for k in ("train_loss", "val_loss", "val_accuracy")}
     result["bn_diagnostics_steps"] = history["diagnostics"]["step"]
     result["evaluate"] = T.evaluate(net("bn"), ce, state, *data(seed=1))
+    result["predict"] = np.asarray(T.predict(net("bn"), state, x[:5])).tolist()
     # each process must pass the same data set
     other = (x + process, y)
     try:
@@ -106,8 +122,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_processes(tmp_path, timeout=400):
-    """Both workers' results; on a failure or a timeout, both stderr tails in the message."""
+def start_two_processes(script, tmp_path):
+    """Processes 0 and 1 running `script`, their stderr into files."""
     port, tests = free_port(), os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
@@ -116,8 +132,14 @@ def run_two_processes(tmp_path, timeout=400):
         log = open(tmp_path / f"stderr{i}.txt", "w+")
         logs.append(log)
         procs.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(i), str(port), str(tmp_path / f"out{i}"), tests,
+            [sys.executable, "-c", script, str(i), str(port), str(tmp_path / f"out{i}"), tests,
              str(tmp_path / "ckpt")], stdout=subprocess.DEVNULL, stderr=log, env=env))
+    return procs, logs
+
+
+def finish(procs, logs, timeout):
+    """Both processes' stderr once they end; if one fails or they take over `timeout`
+    seconds (then both are killed), both stderr tails in the failure message."""
     deadline = time.monotonic() + timeout
     try:
         for p in procs:
@@ -139,6 +161,12 @@ def run_two_processes(tmp_path, timeout=400):
                           f"negative) ---\n{text[-3000:]}")
         logs[i] = text
     assert not errors, "\n".join(errors)
+    return logs
+
+
+def run_two_processes(tmp_path, timeout=400):
+    """Both workers' results and stderr."""
+    logs = finish(*start_two_processes(WORKER, tmp_path), timeout)
     return [(dict(np.load(tmp_path / f"out{i}.npz")),
              json.loads((tmp_path / f"out{i}.json").read_text())) for i in range(2)], logs
 
@@ -190,7 +218,39 @@ def compare(arrays0, out0, arrays1, out1, tmp_path):
     for key in ("train_loss", "val_loss"):
         np.testing.assert_allclose(out0["bn"][key], history[key], rtol=1e-5)
     assert out0["bn"] == out1["bn"] and out0["evaluate"] == out1["evaluate"]
+    ref_eval = evaluate(net("bn"), ce, state, *data(seed=1))
+    assert abs(out0["evaluate"]["loss"] - ref_eval["loss"]) < 1e-5 * ref_eval["loss"]
+    np.testing.assert_allclose(out0["predict"], np.asarray(predict(net("bn"), state, x[:5])),
+                               rtol=1e-4, atol=1e-5)
+    assert out0["saves"] == EPOCHS and out1["saves"] == 0  # process 0 alone writes
     assert out0["bn_diagnostics_steps"] == history["diagnostics"]["step"]
     for out in (out0, out1):
         assert out["different_data"].startswith("fit: the processes hold different training "
                                                 "data"), out
+
+
+SIGTERM_WORKER = PREAMBLE + textwrap.dedent("""
+    _, history = T.fit(net(), losses.softmax_cross_entropy, gd(0.1), data(), epochs=10**6,
+                       batch_size=BATCH, devices=jax.devices(), progress=False,
+                       checkpoint_dir=folder)
+    with open(out + ".json", "w") as f:
+        json.dump({"epochs": len(history["epoch"]), "stopped": history["stopped"]}, f)
+""")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGTERM to a child process")
+def test_a_sigterm_to_one_process_stops_all_after_the_same_epoch(tmp_path):
+    procs, logs = start_two_processes(SIGTERM_WORKER, tmp_path)
+    written = tmp_path / "ckpt" / CHECKPOINT_FILE
+    deadline = time.monotonic() + 300
+    while not written.exists() and time.monotonic() < deadline and all(
+            p.poll() is None for p in procs):
+        time.sleep(0.05)
+    if written.exists():
+        procs[1].send_signal(signal.SIGTERM)  # to process 1 only
+    finish(procs, logs, timeout=300)
+    out = [json.loads((tmp_path / f"out{i}.json").read_text()) for i in range(2)]
+    assert out[0] == out[1] and out[0]["stopped"] == "sigterm", out
+    assert 1 <= out[0]["epochs"] < 10**6
+    meta = checkpoint.read(written)[1]  # written by process 0, when process 1 was told
+    assert meta["epoch"] == out[0]["epochs"] and meta["history"]["stopped"] == "sigterm"
