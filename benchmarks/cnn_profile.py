@@ -3,6 +3,7 @@ hand-written `bwd` against `jax.vjp` of the same forward, then the whole step.
 
     python -m benchmarks.cnn_profile                 # batch 128, 30 interleaved repeats
     python -m benchmarks.cnn_profile --repeats 60 --only conv
+    taskset -c 0 python -m benchmarks.cnn_profile --clock cpu   # one core's work, on a busy machine
 
 The net is the suite's "cnn" config:
 
