@@ -6,14 +6,16 @@ C B A, ...; warm-up first; each call ends in `block_until_ready`; medians):
 
 - mha fwd          `multi_head_attention.fwd` (output and residuals, as training runs it)
 - mha bwd          `multi_head_attention.bwd` from those residuals
+- mha fwd+bwd      the two in one program, as in a train step
 - mha fwd (chunked), mha bwd (chunked)   the same with `chunk_size=` (FlashAttention-style)
 - block fwd+bwd    one `transformer_block`, fwd then bwd for a given cotangent
 - step manual      2 blocks, MSE, SGD: `fbp.value_and_grad` + the update, one jitted step
 - step jax.grad    the same with `fbp.autodiff_value_and_grad`
 - matmul           (B·T, d) @ (d, 4d), the MLP's GEMM: the rate the pieces are compared with
 
-Each piece is printed with its time, XLA's flop count, its rate, and the time it would take
-at the GEMM's rate (the "floor"). `--hlo DIR` writes each compiled program's text
+Each piece is printed with its wall time, its CPU time (all threads: the work, which a busy
+machine disturbs much less), XLA's flop count, its rate, and the wall and CPU time it would
+take at the GEMM's rate (the "floors"). `--hlo DIR` writes each compiled program's text
 (`jax.jit(f).lower(...).compile().as_text()`) and prints a census of its instructions:
 how many dots, transposes, copies and fusions XLA made of it. `--ops NAME` runs one piece
 under `jax.profiler` and lists its XLA operations by time (a thunk's wall time, so on a busy
@@ -57,19 +59,23 @@ def _init(layer, shape, rng):
     return _random_like(params, rng)
 
 
-def interleaved(runners: dict, *, repeats: int, warmup: int = 3) -> dict[str, list[float]]:
-    """Seconds per call of each runner, in turn (A B C, C B A, ...) after `warmup` calls."""
+def interleaved(runners: dict, *, repeats: int, warmup: int = 3) -> dict[str, tuple]:
+    """{name: (wall seconds, process CPU seconds)} per call of each runner, called in turn
+    (A B C, C B A, ...) after `warmup` calls. The CPU time (all of the process's threads) is
+    the work done; on a machine shared with other jobs it moves much less than the wall time."""
     for run in runners.values():
         for _ in range(warmup):
             jax.block_until_ready(run())
-    times: dict[str, list[float]] = {name: [] for name in runners}
+    wall: dict[str, list[float]] = {name: [] for name in runners}
+    cpu: dict[str, list[float]] = {name: [] for name in runners}
     order = list(runners.items())
     for i in range(repeats):
         for name, run in order if i % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             jax.block_until_ready(run())
-            times[name].append(time.perf_counter() - t0)
-    return times
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {name: (wall[name], cpu[name]) for name in runners}
 
 
 def _flops(compiled) -> float | None:
@@ -249,16 +255,19 @@ def main(argv=None) -> int:
         print_ops(n, compiled[n], progs[n][1])
     runners = {n: (lambda c=c, a=a: c(*a)) for n, c, a in
                ((n, compiled[n], progs[n][1]) for n in progs)}
-    times = {n: statistics.median(ts) for n, ts in
-             interleaved(runners, repeats=args.repeats).items()}
-    rate = flops["matmul"] / times["matmul"]
+    measured = interleaved(runners, repeats=args.repeats)
+    times = {n: statistics.median(w) for n, (w, _) in measured.items()}
+    cpu = {n: statistics.median(c) for n, (_, c) in measured.items()}
+    rate, cpu_rate = flops["matmul"] / times["matmul"], flops["matmul"] / cpu["matmul"]
     print(f"{jax.devices()[0].device_kind}, JAX {jax.__version__}; "
           f"batch {B}, T {T}, d {D}, {HEADS} heads, causal; medians of {args.repeats}")
-    print(f"{'piece':22s} {'ms':>8s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'floor ms':>9s}")
+    print(f"{'piece':22s} {'ms':>8s} {'cpu ms':>8s} {'GFLOP':>8s} {'GFLOP/s':>8s} "
+          f"{'floor ms':>9s} {'cpu floor':>9s}")
     for n, t in times.items():
         f = flops[n]
-        print(f"{n:22s} {1e3 * t:8.2f} "
-              + (f"{f / 1e9:8.3f} {f / t / 1e9:8.1f} {1e3 * f / rate:9.2f}" if f else ""))
+        print(f"{n:22s} {1e3 * t:8.2f} {1e3 * cpu[n]:8.2f} "
+              + (f"{f / 1e9:8.3f} {f / t / 1e9:8.1f} {1e3 * f / rate:9.2f} "
+                 f"{1e3 * f / cpu_rate:9.2f}" if f else ""))
     return 0
 
 
