@@ -208,7 +208,18 @@ def _steps(n: int) -> str:
 # Why a peer is faster than fbp where it is, per (peer, model kind, platform): what was
 # measured about it (benchmarks/README.md, "Peers"). Printed only under a run where that
 # peer is faster; elsewhere (another platform, say) the reason is "not investigated".
-PEER_FASTER_BECAUSE: dict[tuple[str, str, str], str] = {}
+_SAME_AS_AUTO = ("jax.grad of the same layers, so XLA compiles what fbp auto gets (compare the "
+                 "fbp auto / peer column and the temp MiB): where it beats fbp manual, the "
+                 "difference is manual vs auto on this config (manual/auto above) or noise")
+_TORCH_CPU = ("its own kernels (MKL/oneDNN GEMMs and convolutions, a fused scaled_dot_product_"
+              "attention) run eagerly on its own threads; op by op, one thread each, they were "
+              "not faster than fbp's programs (benchmarks/README.md, Peers), so the gap is in "
+              "multi-threaded execution and not explained further")
+PEER_FASTER_BECAUSE: dict[tuple[str, str, str], str] = {
+    **{(peer, kind, "cpu"): _SAME_AS_AUTO for peer in ("flax", "equinox")
+       for kind in ("mlp", "cnn", "transformer")},
+    **{("torch", kind, "cpu"): _TORCH_CPU for kind in ("mlp", "cnn", "transformer")},
+}
 FASTER = 1.05  # fbp manual / peer above this: the peer counts as faster
 
 
