@@ -12,7 +12,9 @@ device, several, or the devices of several processes (`devices=`).
 
 from __future__ import annotations
 
+import collections.abc
 import hashlib
+import inspect
 import math
 import os
 import signal
@@ -256,24 +258,52 @@ def _params_and_state(fn_name: str, net: Layer, params_or_state, state):
     return _local((params_or_state, {} if state is None else state))
 
 
-def evaluate(net: Layer, loss: Loss, params: Params | TrainState, x, y, *,
+def evaluate(net: Layer, loss: Loss, params: Params | TrainState, x, y=None, *,
              state: State = None, batch_size: int | None = 4096) -> dict[str, float]:
     """Loss, and accuracy when `y` holds integer class labels, with training off.
 
     `params`: the TrainState that `fit` returns, or bare params (with `state=` for a
-    stateful net). The data runs through the net `batch_size` rows at a time (None: all at
-    once), each batch a jitted pass (two programs at most: the full batches and the last
-    partial one); the results are the batch means weighted by the rows they cover (by the
-    kept labels for a loss with `ignore_index`), so they equal the full-batch values. Token
-    ids outside an input embedding's vocabulary and labels outside [0, classes) are refused
-    (ValueError) before anything runs. With the state of a fit over several processes, each
-    process runs on its own first device, with its copy of the parameters, on the data it
-    passes."""
+    stateful net). The data: arrays `x, y`, or, with `y` left out, a stream of (x, y)
+    batches as `fit` takes one (a list of them, a function returning an iterator of them,
+    or a re-iterable dataset; one pass, batches of any sizes, `batch_size` unused). The
+    arrays run through the net `batch_size` rows at a time (None: all at once), each batch
+    a jitted pass (two programs at most: the full batches and the last partial one); the
+    results are the batch means weighted by the rows they cover (by the kept labels for a
+    loss with `ignore_index`), so they equal the full-batch values (a stream's, up to
+    rounding, those of its batches concatenated). Token ids outside an input embedding's
+    vocabulary and labels outside [0, classes) are refused (ValueError) before anything runs
+    (in a stream, before the batch that holds them). With the state of a fit over several
+    processes, each process runs on its own first device, with its copy of the parameters,
+    on the data it passes.
+
+    Examples:
+        >>> import jax, numpy as np, optax
+        >>> from fbp import layers as L, losses
+        >>> from fbp.train import evaluate, init_state
+        >>> net = L.dense(3)
+        >>> state = init_state(net, optax.sgd(0.1), jax.random.key(0), (8, 4))
+        >>> x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+        >>> y = np.arange(8) % 3
+        >>> whole = evaluate(net, losses.softmax_cross_entropy, state, x, y)
+        >>> batches = [(x[:4], y[:4]), (x[4:], y[4:])]
+        >>> streamed = evaluate(net, losses.softmax_cross_entropy, state, batches)
+        >>> sorted(whole), abs(whole["loss"] - streamed["loss"]) < 1e-6
+        (['accuracy', 'loss'], True)
+    """
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
             batch_size, int) or batch_size <= 0):
         raise ValueError(f"evaluate: batch_size must be a positive int or None (all at once), "
                          f"got {batch_size!r}")
     params, net_state = _params_and_state("evaluate", net, params, state)
+    if y is None:
+        stream = _stream_of("evaluate", x)
+        if stream is None:
+            raise TypeError(f"evaluate: got x without y; expected arrays x and y, or, alone, a "
+                            f"stream of (x, y) batches (a list of them, a function returning "
+                            f"an iterator of them, or a re-iterable dataset), got "
+                            f"{type(x).__name__}")
+        return _reduced(jax.device_get(_evaluate_stream(net, loss, params, net_state, stream,
+                                                        0)))
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"evaluate: expected x and y with the same number (> 0) of examples, "
@@ -284,9 +314,13 @@ def evaluate(net: Layer, loss: Loss, params: Params | TrainState, x, y, *,
     out_shape = jax.eval_shape(_predict_fn(net), params, net_state, x_first).shape
     _check_labels("evaluate: y", y, out_shape, loss)
     metrics = _evaluate(net, loss)
-    sums = jax.device_get([  # every batch dispatched before one transfer back
+    return _reduced(jax.device_get([  # every batch dispatched before one transfer back
         metrics(params, net_state, x_first if i == 0 else _as_param_dtype(x[i:i + step], params),
-                _as_param_dtype(y[i:i + step], params)) for i in range(0, len(x), step)])
+                _as_param_dtype(y[i:i + step], params)) for i in range(0, len(x), step)]))
+
+
+def _reduced(sums: list) -> dict[str, float]:
+    """evaluate's result from its batches' sums (`_evaluate`, on the host)."""
     out = {"loss": (sum(float(b["loss"]) for b in sums)
                     / max(sum(float(b["loss_weight"]) for b in sums), 1.0))}
     if "correct" in sums[0]:
@@ -354,15 +388,16 @@ def _evaluate(net: Layer, loss: Loss):
 
 # --- fit ------------------------------------------------------------------------------------
 
-def _check_array(name: str, a) -> np.ndarray:
+def _check_array(name: str, a, prefix: str = "fit") -> np.ndarray:
     a = np.asarray(a)
     if a.ndim == 0 or a.shape[0] == 0:
-        raise ValueError(f"fit: {name} is empty (shape {a.shape}); expected at least one example")
+        raise ValueError(f"{prefix}: {name} is empty (shape {a.shape}); expected at least one "
+                         "example")
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         bad = int(np.size(a) - np.isfinite(a).sum())
-        raise ValueError(f"fit: {name} holds {bad} NaN/Inf value(s); clean the data first")
+        raise ValueError(f"{prefix}: {name} holds {bad} NaN/Inf value(s); clean the data first")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise TypeError(f"fit: {name} must be a numeric array, got dtype {a.dtype}")
+        raise TypeError(f"{prefix}: {name} must be a numeric array, got dtype {a.dtype}")
     return a
 
 
@@ -372,7 +407,9 @@ def _check_data(name: str, data, out_shape, loss: Loss,
     non-finite or non-numeric, if x holds token ids outside the vocabulary of an embedding
     of `net` that reads it, or if class labels lie outside [0, out_shape[-1])."""
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"fit: {name} must be an (x, y) pair of arrays, got {type(data).__name__}")
+        raise TypeError(f"fit: {name} must be an (x, y) pair of arrays or a stream of (x, y) "
+                        f"batches (a list of them, a function returning an iterator of them, or "
+                        f"a re-iterable dataset), got {type(data).__name__}")
     x, y = _check_array(f"{name} x", data[0]), _check_array(f"{name} y", data[1])
     if len(x) != len(y):
         raise ValueError(f"fit: {name} has {len(x)} inputs but {len(y)} targets; "
@@ -608,6 +645,167 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
     return with_snapshot
 
 
+# --- streams: (x, y) batches, re-iterated each epoch ------------------------------------------
+
+def _is_batch(item) -> bool:
+    """An (x, y) pair of arrays (anything with a shape and a dtype), as a stream yields."""
+    return (isinstance(item, (tuple, list)) and len(item) == 2
+            and all(hasattr(a, "shape") and hasattr(a, "dtype") for a in item))
+
+
+def _takes_epoch(fn) -> bool:
+    """Whether a batch factory takes the epoch: it has exactly one required positional
+    parameter (one with none is called with no argument)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    required = [p for p in parameters if p.default is p.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(required) == 1
+
+
+class _Stream:
+    """A source of (x, y) batches that starts a fresh pass each epoch: `epoch(e)` (e from
+    0) is an iterator over that epoch's batches."""
+
+    def __init__(self, where: str, what: str, open_pass):
+        self.where, self.what, self._open = where, what, open_pass
+
+    def epoch(self, e: int):
+        source = self._open(e)
+        try:
+            return iter(source)
+        except TypeError:
+            raise TypeError(f"{self.where}: {self.what} returned {type(source).__name__}, "
+                            "which is not iterable; expected an iterator of (x, y) "
+                            "batches") from None
+
+
+def _stream_of(where: str, data) -> _Stream | None:
+    """`data` as a stream of (x, y) batches, or None when it is not one (an (x, y) pair of
+    arrays, or something the array checks refuse). A stream is a list or tuple of (x, y)
+    pairs of arrays, a callable returning an iterator of them (called each epoch, with the
+    epoch from 0 if it takes one required argument), or a re-iterable object (its iter()
+    starts a fresh pass); a one-shot iterator is refused (TypeError): it would be empty
+    after the first epoch."""
+    if isinstance(data, (tuple, list)):
+        if data and all(_is_batch(b) for b in data):
+            return _Stream(where, f"the {type(data).__name__} of {len(data)} batches",
+                           lambda e: data)
+        return None
+    if isinstance(data, (np.ndarray, jax.Array, str, bytes, dict)) or data is None:
+        return None
+    if isinstance(data, collections.abc.Iterator):
+        raise TypeError(
+            f"{where}: got a one-shot iterator ({type(data).__name__}), which cannot be "
+            "re-iterated for each epoch; pass a function that returns a fresh iterator (the "
+            "generator function itself, or `lambda: batches(...)`; one that takes an argument "
+            "is given the epoch, from 0), a list of (x, y) batches, or a re-iterable dataset")
+    if callable(data):
+        name = getattr(data, "__name__", type(data).__name__)
+        if _takes_epoch(data):
+            return _Stream(where, f"the batch function {name}(epoch)", lambda e: data(e))
+        return _Stream(where, f"the batch function {name}()", lambda e: data())
+    if isinstance(data, collections.abc.Iterable):
+        return _Stream(where, f"the {type(data).__name__}", lambda e: data)
+    return None
+
+
+def _check_batch(prefix: str, where: str, batch, net: Layer | None, loss: Loss,
+                 out_shape) -> tuple[np.ndarray, np.ndarray]:
+    """One batch of a stream as host arrays, with the checks that arrays get: an (x, y)
+    pair, non-empty, numeric, finite, of equal lengths, token ids in the vocabulary and
+    class labels in range."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        got = (f"a {type(batch).__name__} of {len(batch)}"
+               if isinstance(batch, (tuple, list)) else type(batch).__name__)
+        raise TypeError(f"{prefix}: {where}: expected an (x, y) pair of arrays, got {got}")
+    x = _check_array(f"{where} x", batch[0], prefix)
+    y = _check_array(f"{where} y", batch[1], prefix)
+    if len(x) != len(y):
+        raise ValueError(f"{prefix}: {where} has {len(x)} inputs but {len(y)} targets; x and "
+                         "y must have the same length")
+    if net is not None:
+        check_token_ids(f"{prefix}: {where} x", net, x)
+    if out_shape is not None:
+        _check_labels(f"{prefix}: {where} y", y, out_shape, loss)
+    return x, y
+
+
+def _describe(x: np.ndarray, y: np.ndarray, params) -> str:
+    return (f"x {tuple(x.shape)} {_data_dtype(x, params).name}, "
+            f"y {tuple(y.shape)} {_data_dtype(y, params).name}")
+
+
+def _train_batches(stream: _Stream, epoch: int, first, net: Layer, loss: Loss, out_shape,
+                   params, warned: list):
+    """The checked (x, y) host batches of one epoch of a stream; `first` = (batch 1's x, y,
+    the rest of its iterator) when the pass is already open. Every batch must have the
+    shapes and dtypes (as the step takes them) of batch 1, which the step is compiled for;
+    a smaller last batch is dropped, with a warning the first time (`warned`)."""
+    where = f"train_data batch {{}} of epoch {epoch + 1}"
+    if first is not None:
+        x0, y0, rest = first
+    else:
+        rest = stream.epoch(epoch)
+        batch = next(rest, None)
+        if batch is None:
+            raise ValueError(f"fit: {stream.what} (train_data) gave no batches in epoch "
+                             f"{epoch + 1}; a stream must give at least one each epoch")
+        x0, y0 = _check_batch("fit", where.format(1), batch, net, loss, out_shape)
+    expected = _describe(x0, y0, params)
+    yield x0, y0
+    size = len(x0)
+    for i, batch in enumerate(rest, 2):
+        if not _is_batch(batch):
+            _check_batch("fit", where.format(i), batch, None, loss, None)  # raises
+        x, y = np.asarray(batch[0]), np.asarray(batch[1])
+        got = _describe(x, y, params)
+        if got != expected:
+            smaller = (len(x) < size and len(x) == len(y) and x.shape[1:] == x0.shape[1:]
+                       and y.shape[1:] == y0.shape[1:]
+                       and got == _describe(x0[:len(x)], y0[:len(x)], params))
+            if smaller and next(rest, None) is None:  # the last batch: dropped
+                if not warned:
+                    warned.append(True)
+                    warnings.warn(
+                        f"fit: the last batch of train_data in epoch {epoch + 1} holds "
+                        f"{len(x)} examples, fewer than the {size} of the others; it is "
+                        "dropped (each epoch; this warning is given once)", stacklevel=4)
+                return
+            raise ValueError(
+                f"fit: {where.format(i)} has {got}; expected {expected} (the shapes and "
+                "dtypes of batch 1: every batch of a stream must keep them, the step is "
+                "compiled for them; only a smaller last batch is dropped)")
+        yield _check_batch("fit", where.format(i), (x, y), net, loss, out_shape)
+
+
+def _evaluate_stream(net: Layer, loss: Loss, params, net_state, stream: _Stream, epoch: int,
+                     example_shape=None) -> list:
+    """evaluate's per-batch sums over one pass of a stream (batches of any sizes), each
+    batch checked as evaluate checks arrays; `example_shape` (a batch's x less its first
+    axis) that every batch must have, else the first batch's."""
+    metrics = _evaluate(net, loss)
+    sums, out_shape = [], None
+    for i, batch in enumerate(stream.epoch(epoch), 1):
+        where = f"batch {i} of {stream.what}"
+        x, y = _check_batch("evaluate", where, batch, net, loss, None)
+        if example_shape is None:
+            example_shape = x.shape[1:]
+        elif x.shape[1:] != tuple(example_shape):
+            raise ValueError(f"evaluate: {where} has x of example shape {x.shape[1:]}; "
+                             f"expected {tuple(example_shape)}")
+        xb = _as_param_dtype(x, params)
+        if out_shape is None:
+            out_shape = jax.eval_shape(_predict_fn(net), params, net_state, xb).shape
+        _check_labels(f"evaluate: {where} y", y, out_shape, loss)
+        sums.append(metrics(params, net_state, xb, _as_param_dtype(y, params)))
+    if not sums:
+        raise ValueError(f"evaluate: {stream.what} gave no batches; expected at least one")
+    return sums
+
+
 def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_data, *,
         epochs: int, batch_size: int | None = None, grad: str = "manual", seed: int = 0,
         val_data=None, stop_at_loss: float | None = None, patience: int | None = None,
@@ -693,7 +891,8 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         raise ValueError(f"fit: checkpoint_every must be a positive int, got {checkpoint_every!r}")
     if patience is not None and (val_data is None or patience <= 0):
         raise ValueError("fit: patience needs val_data and must be a positive int, got "
-                         f"patience={patience!r} with val_data={'given' if val_data else None}")
+                         f"patience={patience!r} with val_data="
+                         f"{'given' if val_data is not None else None}")
     if diagnostics_every is not None and (isinstance(diagnostics_every, bool) or not isinstance(
             diagnostics_every, int) or diagnostics_every <= 0):
         raise ValueError(f"fit: diagnostics_every must be a positive int (record every k steps) "
@@ -708,32 +907,65 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         except PermissionError as e:
             raise PermissionError(f"fit: checkpoint_dir {e}") from None
 
-    x_np = np.asarray(train_data[0]) if isinstance(train_data, (tuple, list)) else None
-    if x_np is None or x_np.ndim == 0 or x_np.shape[0] == 0:
-        _check_data("train_data", train_data, None, loss)  # raises the precise error
-    n = len(x_np)
-    batch = n if batch_size is None else batch_size
-    if batch > n:
-        raise ValueError(f"fit: batch_size {batch} is larger than the {n} training examples")
+    stream = _stream_of("fit: train_data", train_data)
+    val_stream = _stream_of("fit: val_data", val_data)
+    first = None  # a stream's batch 1 of epoch 1: (x, y, the rest of its pass)
+    if stream is None:
+        x_np = np.asarray(train_data[0]) if isinstance(train_data, (tuple, list)) else None
+        if x_np is None or x_np.ndim == 0 or x_np.shape[0] == 0:
+            _check_data("train_data", train_data, None, loss)  # raises the precise error
+        n = len(x_np)
+        batch = n if batch_size is None else batch_size
+        if batch > n:
+            raise ValueError(f"fit: batch_size {batch} is larger than the {n} training examples")
+    else:
+        if batch_size is not None:
+            raise ValueError(f"fit: batch_size must be None when train_data is a stream of "
+                             f"batches (the stream decides the batch size), got {batch_size!r}")
+        if diagnostics_every is not None:
+            raise ValueError("fit: diagnostics_every records inside the compiled epoch of an "
+                             "(x, y) pair of arrays; it is not available when train_data is a "
+                             "stream of batches (pass arrays, or diagnostics_every=None)")
+        if epoch_mode == "scan":
+            raise ValueError("fit: epoch_mode='scan' needs train_data as an (x, y) pair of "
+                             "arrays; a stream of batches runs as a loop of steps "
+                             "(epoch_mode='auto' or 'steps')")
+        rest = stream.epoch(0)
+        opened = next(rest, None)
+        if opened is None:
+            raise ValueError(f"fit: {stream.what} (train_data) gave no batches; a stream "
+                             "must give at least one each epoch")
+        x_np, _ = _check_batch("fit", "train_data batch 1 of epoch 1", opened, None, loss, None)
+        n, batch = None, len(x_np)
     mesh = data_mesh(devices) if devices is not None else None
+    if stream is not None and _spans_processes(mesh):
+        raise ValueError("fit: train_data as a stream of batches runs on the devices of this "
+                         "process only; on a mesh over several processes pass an (x, y) pair "
+                         "of arrays")
     if mesh is not None and batch % mesh.devices.size:
-        raise ValueError(f"fit: batch size {batch} does not divide by the {mesh.devices.size} "
+        what = "batch size" if stream is None else "batch size of train_data's batch 1:"
+        raise ValueError(f"fit: {what} {batch} does not divide by the {mesh.devices.size} "
                          "devices; choose a multiple of the device count")
     compute_dtype(precision)  # validates
     input_shape = (batch,) + x_np.shape[1:]
     out_shape = _output_shape(net, input_shape)
-    x, y = _check_data("train_data", train_data, out_shape, loss, net)
-    if val_data is not None:
+    if stream is None:
+        x, y = _check_data("train_data", train_data, out_shape, loss, net)
+    else:
+        x, y = _check_batch("fit", "train_data batch 1 of epoch 1", opened, net, loss, out_shape)
+        first = (x, y, rest)
+    if val_data is not None and val_stream is None:
         xv, yv = _check_data("val_data", val_data, out_shape, loss, net)
         if xv.shape[1:] != x.shape[1:]:
             raise ValueError(f"fit: val_data x has example shape {xv.shape[1:]}, train_data x "
                              f"has {x.shape[1:]}")
-    _check_same_data(mesh, (x, y) if val_data is None else (x, y, xv, yv))
+    _check_same_data(mesh, (x, y) if val_data is None or val_stream else (x, y, xv, yv))
 
     key = jax.random.key(seed)
     state = init_state(net, optimizer, jax.random.fold_in(key, 0), input_shape)
     shuffle_key = jax.random.fold_in(key, 1)
-    config = {"seed": seed, "batch_size": batch, "grad": grad, "n": n, "precision": precision,
+    config = {"seed": seed, "batch_size": batch, "grad": grad, "n": "stream" if stream else n,
+              "precision": precision,
               "optimizer": _optimizer_fingerprint(state.opt_state)}
     if l2:
         config["l2"] = l2
@@ -757,23 +989,47 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
                 history["stopped"] = "epochs"
             return _result(mesh, state, best, patience), history
 
-    x, y = _device_data(mesh, x, state.params), _device_data(mesh, y, state.params)
     recorder = None
-    if diagnostics_every:
-        spec = _diagnostics_spec(net, loss, state, x, y, batch)
-        recorder = _diagnostics.Recorder(spec, diagnostics_every, history)
     step = _train_step(net, loss, optimizer, grad, precision, mesh, l2)
-    recorded_steps = None
-    if recorder:
-        recorded_steps = tuple(_train_step(net, loss, optimizer, grad, precision, mesh, l2,
-                                           diagnostics=recorder.spec, histograms=h)
-                               for h in (False, True))
-    scan = epoch_mode == "scan" or (epoch_mode == "auto" and _scan_suits(step, state, x, y, batch,
-                                                                         mesh))
-    run_epoch = _epoch_fn(step, n, batch, shuffle_key, scan, mesh)
-    run_recorded_epoch = (_epoch_fn(step, n, batch, shuffle_key, scan, mesh, recorded_steps,
-                                    diagnostics_every) if recorder else None)
-    if val_data is not None:
+    epoch_rows = {"rows": 0}  # the examples of the last epoch, for samples/s
+    if stream is None:
+        x, y = _device_data(mesh, x, state.params), _device_data(mesh, y, state.params)
+        if diagnostics_every:
+            spec = _diagnostics_spec(net, loss, state, x, y, batch)
+            recorder = _diagnostics.Recorder(spec, diagnostics_every, history)
+        recorded_steps = None
+        if recorder:
+            recorded_steps = tuple(_train_step(net, loss, optimizer, grad, precision, mesh, l2,
+                                               diagnostics=recorder.spec, histograms=h)
+                                   for h in (False, True))
+        scan = epoch_mode == "scan" or (epoch_mode == "auto" and _scan_suits(step, state, x, y,
+                                                                             batch, mesh))
+        run_epoch = _epoch_fn(step, n, batch, shuffle_key, scan, mesh)
+        run_recorded_epoch = (_epoch_fn(step, n, batch, shuffle_key, scan, mesh, recorded_steps,
+                                        diagnostics_every) if recorder else None)
+        epoch_rows["rows"] = (n // batch) * batch
+    else:  # a Python loop of the jitted step over each epoch's batches, put on the device
+        scan, run_recorded_epoch = False, None
+        out = {} if mesh is None else {"out_shardings": NamedSharding(mesh, P())}
+        stream_step = jax.jit(step, donate_argnums=0, **out)
+        warned: list = []
+
+        def run_epoch(state, x, y, epoch):
+            nonlocal first
+            losses, rows = [], 0
+            for xb, yb in _train_batches(stream, epoch, first, net, loss, out_shape,
+                                         state.params, warned):
+                first = None
+                state, metrics = stream_step(state, _device_data(mesh, xb, state.params),
+                                             _device_data(mesh, yb, state.params))
+                losses.append(metrics["loss"])
+                rows += len(xb)
+            epoch_rows["rows"] = rows
+            return state, jnp.mean(jnp.stack(losses)), None
+
+        if start > 0:
+            first = None  # the pass opened for epoch 1 is not needed
+    if val_data is not None and val_stream is None:
         xv, yv = _as_param_dtype(xv, state.params), _as_param_dtype(yv, state.params)
     state = replicate(mesh, jax.tree_util.tree_map(jnp.asarray, state))
 
@@ -816,11 +1072,14 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
                 history["epoch"].append(epoch + 1)
                 history["train_loss"].append(train_loss)
                 history["time_s"].append(seconds)
-                samples_per_s = (n // batch) * batch / seconds
+                samples_per_s = epoch_rows["rows"] / seconds
                 postfix = {"loss": f"{train_loss:.4g}", "samples/s": f"{samples_per_s:.3g}"}
                 stop = None
                 if val_data is not None:
-                    val = evaluate(net, loss, state, xv, yv)
+                    val = (evaluate(net, loss, state, xv, yv) if val_stream is None else
+                           _reduced(jax.device_get(_evaluate_stream(
+                               net, loss, *_local((state.params, state.net_state)), val_stream,
+                               epoch, x.shape[1:]))))
                     history["val_loss"].append(val["loss"])
                     history["val_accuracy"].append(val.get("accuracy", math.nan))
                     postfix["val"] = f"{val['loss']:.4g}"
