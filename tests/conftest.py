@@ -1,6 +1,6 @@
-"""Strict JAX settings for every test: x64 available, no implicit rank promotion,
-no silent dtype promotion (see the fixture below), full-precision matmuls (GPUs default
-to TF32)."""
+"""Strict JAX settings for every test: float32 by default (x64 off, as users get it) and
+float64 only in tests marked `x64`, no implicit rank promotion, no silent dtype promotion
+(see the fixtures below), full-precision matmuls (GPUs default to TF32)."""
 
 import importlib.util
 import pathlib
@@ -12,8 +12,22 @@ import pytest
 
 from fbp._layer import init_with_state
 
-jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(autouse=True)
+def _x64_only_where_marked(request):
+    """x64 on for the tests marked `x64` (float64 is their point: tight gradient comparisons,
+    finite differences, float64 references), off for every other test. Fixtures wider than
+    a test (module, session) run outside this one, with x64 off.
+
+    A test that turns x64 on for the whole process (jax.config.update) is an error: every
+    test after it in the worker would run in float64."""
+    with jax.enable_x64(bool(request.node.get_closest_marker("x64"))):
+        yield
+    if jax.enable_x64.value:
+        jax.config.update("jax_enable_x64", False)
+        pytest.fail("the test left jax_enable_x64 on for the whole process")
 
 
 @pytest.fixture(autouse=True)

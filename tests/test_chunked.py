@@ -20,7 +20,7 @@ def _setup(heads, t, d, dtype, seed=0, batch=2):
     return params, x, g
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", [pytest.param("float64", marks=pytest.mark.x64), "float32"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize(("t", "chunk"), [(11, 4), (5, 8), (12, 3)])
 def test_chunked_equals_dense(t, chunk, causal, dtype):
@@ -54,7 +54,7 @@ def test_chunked_forward_equals_dot_product_attention(causal):
 
 
 def test_chunked_transformer_block_equals_dense():
-    params, x, g = _setup(2, 10, 8, "float64")
+    params, x, g = _setup(2, 10, 8, "float32")
     dense = L.transformer_block(2, mlp_ratio=2, causal=True)
     chunked = L.transformer_block(2, mlp_ratio=2, causal=True, chunk_size=3)
     _, params = dense.init(jax.random.key(1), x.shape)
@@ -63,7 +63,7 @@ def test_chunked_transformer_block_equals_dense():
     for layer in (dense, chunked):
         y, res = layer.fwd(params, x)
         outs.append((y, *layer.bwd(params, res, g)))
-    assert rel_err(outs[1], outs[0]) < 1e-10
+    assert rel_err(outs[1], outs[0]) < 1e-5  # float32: online and plain softmax round apart
     assert chunked.name.endswith("chunk_size=3)")
 
 
@@ -71,15 +71,17 @@ def test_chunked_keeps_o_of_t_memory():
     """fwd + bwd for a given cotangent: XLA's temporary bytes grow as T for the chunked layer
     and as T² for the dense one (4 heads, causal)."""
     def temp_mib(layer, t):
-        x = jax.ShapeDtypeStruct((1, t, 64), jnp.float64)  # the params' dtype in the tests
+        x = jax.ShapeDtypeStruct((1, t, 64), jnp.float32)  # the params' dtype
         _, params = jax.eval_shape(lambda k: layer.init(k, (1, t, 64)), jax.random.key(0))
         f = jax.jit(lambda p, x, g: layer.bwd(p, layer.fwd(p, x)[1], g))
         return f.lower(params, x, x).compile().memory_analysis().temp_size_in_bytes / 2**20
 
     dense = L.multi_head_attention(4, causal=True)
     chunked = L.multi_head_attention(4, causal=True, chunk_size=128)
-    d1, d2 = temp_mib(dense, 512), temp_mib(dense, 1024)
-    c1, c2 = temp_mib(chunked, 512), temp_mib(chunked, 1024)
+    # T = 1024 → 2048, where the dense layer's T² term dominates its O(T) parts (from 512 to
+    # 1024 they hold its growth to 2.69×; 3.9× here)
+    d1, d2 = temp_mib(dense, 1024), temp_mib(dense, 2048)
+    c1, c2 = temp_mib(chunked, 1024), temp_mib(chunked, 2048)
     assert d2 > 2.7 * d1           # T² (with O(T) parts beside it)
     assert c2 < 2.2 * c1           # T
     assert d2 > 5 * c2, (d2, c2)

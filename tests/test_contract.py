@@ -126,13 +126,14 @@ def test_fwd_and_bwd_under_separate_jits_and_through_a_scan(name):
     y, res = jax.jit(fwd)(params, x)
     grads, dx = jax.jit(layer.bwd)(params, res, g)
     ref_grads, ref_dx = jax.vjp(lambda p, x: fwd(p, x)[0], params, x)[1](g)
-    assert rel_err(dx, ref_dx) < 1e-12 and rel_err(grads, ref_grads) < 1e-12
+    tol = 1e-5  # float32: the hand-written bwd and jax.vjp round apart
+    assert rel_err(dx, ref_dx) < tol and rel_err(grads, ref_grads) < tol
     # residuals stacked by a scan over a batch of inputs, then the bwd scanned over them
     xs, gs = jnp.stack([x, 2 * x]), jnp.stack([g, -g])
     _, stacked = jax.lax.scan(lambda c, x: (c, fwd(params, x)[1]), 0, xs)
     _, (grads_s, dx_s) = jax.lax.scan(lambda c, rg: (c, layer.bwd(params, *rg)), 0, (stacked, gs))
-    assert rel_err(dx_s[0], dx) < 1e-12 and rel_err(jax.tree.map(lambda a: a[0], grads_s),
-                                                      grads) < 1e-12
+    assert rel_err(dx_s[0], dx) < tol and rel_err(jax.tree.map(lambda a: a[0], grads_s),
+                                                   grads) < tol
 
 
 @pytest.mark.parametrize("name", ["flatten", "conv2d", "parallel_concat", "transformer_block"])
@@ -153,14 +154,15 @@ def test_custom_vjp_runs_the_hand_written_bwd(name):
     g_manual = jax.grad(lambda p, x: jnp.sum(jnp.sin(f(p, x))), argnums=(0, 1))(params, x)
     g_auto = jax.grad(lambda p, x: jnp.sum(jnp.sin(layer.apply(p, x))), argnums=(0, 1))(
         params, x)
-    assert calls and rel_err(g_manual, g_auto) < 1e-12
+    assert calls and rel_err(g_manual, g_auto) < 1e-5  # float32 rounding
     # and through jit with fwd and bwd apart, as JAX runs a custom_vjp under jit
     g_jit = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(f(p, x))), argnums=(0, 1)))(params, x)
-    assert rel_err(g_jit, g_auto) < 1e-12
+    assert rel_err(g_jit, g_auto) < 1e-5
 
 
 # --- finding 6: exact GELU in the far tail, dropout's mask ------------------------------------
 
+@pytest.mark.x64  # against jax.nn.gelu in float64, for float32 as well
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_exact_gelu_keeps_its_digits_in_the_negative_tail(dtype):
     """Finding 6: ½(1 + erf(z/√2)) cancelled: relative error 6e-2 at z = −5, 1.0 at −6 in
@@ -219,7 +221,7 @@ def test_from_function_trains_inside_a_net_and_is_marked_autodiff():
     assert report.ok and [e.autodiff for e in report.layers if e.path == "serial[1]"] == [True]
     g_net = fbp.value_and_grad(net, losses.mse)(params, x, y)[1]
     g_hand = fbp.value_and_grad(hand, losses.mse)(params, x, y)[1]
-    assert rel_err(g_net, g_hand) < 1e-12
+    assert rel_err(g_net, g_hand) < 1e-5  # float32: autodiff of x σ(x) and silu's bwd
 
 
 def test_from_function_infers_the_output_shape():
@@ -251,18 +253,16 @@ def test_remat_gives_equal_gradients_and_less_temporary_memory():
     plain, remat = (_deep(_mlp_block, depth, width, r) for r in (False, True))
     rng = np.random.default_rng(0)
     _, params = init_shapes(plain, (batch, 64))
-    params = randomize(rng, params, scale=0.05)
-    with jax.enable_x64(False):
-        params = jax.tree.map(lambda a: a.astype(jnp.float32), params)
-        x = jnp.asarray(rng.standard_normal((batch, 64)), jnp.float32)
-        y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
-        l_plain, g_plain = jax.jit(fbp.value_and_grad(plain, losses.softmax_cross_entropy))(
-            params, x, y)
-        l_remat, g_remat = jax.jit(fbp.value_and_grad(remat, losses.softmax_cross_entropy))(
-            params, x, y)
-        assert float(l_plain) == float(l_remat)
-        assert rel_err(g_remat, g_plain) < 1e-6
-        mem_plain, mem_remat = _temp_bytes(plain, params, x, y), _temp_bytes(remat, params, x, y)
+    params = randomize(rng, params, scale=0.05)  # float32
+    x = jnp.asarray(rng.standard_normal((batch, 64)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
+    l_plain, g_plain = jax.jit(fbp.value_and_grad(plain, losses.softmax_cross_entropy))(
+        params, x, y)
+    l_remat, g_remat = jax.jit(fbp.value_and_grad(remat, losses.softmax_cross_entropy))(
+        params, x, y)
+    assert float(l_plain) == float(l_remat)
+    assert rel_err(g_remat, g_plain) < 1e-6
+    mem_plain, mem_remat = _temp_bytes(plain, params, x, y), _temp_bytes(remat, params, x, y)
     # each block keeps 4 (batch × width) activations without remat, its input with it
     assert mem_remat < 0.6 * mem_plain, (mem_plain, mem_remat)
 

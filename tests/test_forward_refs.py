@@ -24,7 +24,8 @@ from fbp import layers as L
 from fbp import losses
 from fbp.fused import linear_softmax_cross_entropy, linear_softmax_cross_entropy_fwd
 
-DTYPES = ("float64", "float32")
+F64 = pytest.param("float64", marks=pytest.mark.x64)  # float64 runs with x64 on
+DTYPES = (F64, "float32")
 # normwise relative error, max|a − b| / max|b|, for sums of products (matmuls, convolutions)
 NORMWISE = {"float64": 1e-12, "float32": 1e-5}
 # elementwise relative error, for elementwise maps and scalar losses
@@ -345,7 +346,7 @@ POOLS = {"max": L.max_pool, "avg": L.avg_pool}
 
 @pytest.mark.parametrize("kind", list(POOLS))
 @pytest.mark.parametrize(("case", "dtype"),
-                         [(c, "float64") for c in POOL_CASES]
+                         [pytest.param(c, "float64", marks=pytest.mark.x64) for c in POOL_CASES]
                          + [(c, "float32") for c in ("3x3-stride2-same", "2x3-stride12-explicit")])
 def test_pool_matches_reduce_window(kind, case, dtype):
     in_shape, window, strides, padding = POOL_CASES[case]
@@ -359,6 +360,7 @@ def test_pool_matches_reduce_window(kind, case, dtype):
         np.testing.assert_array_equal(np.asarray(y), np.asarray(expected))
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("case", ["3x3-stride2-same", "2x3-stride12-explicit", "2x2-valid"])
 @pytest.mark.parametrize("kind", list(POOLS))
 def test_pool_matches_loops(kind, case):
@@ -456,7 +458,7 @@ MHA_CASES = {
 
 
 @pytest.mark.parametrize(("case", "dtype"),
-                         [(c, "float64") for c in MHA_CASES]
+                         [pytest.param(c, "float64", marks=pytest.mark.x64) for c in MHA_CASES]
                          + [(c, "float32") for c in ("2heads", "3heads-causal-mask")])
 def test_multi_head_attention(case, dtype):
     in_shape, num_heads, causal, explicit_mask = MHA_CASES[case]
@@ -479,8 +481,8 @@ def test_causal_attention_ignores_the_future():
     """Changing position t's input leaves the causal outputs at positions < t unchanged."""
     rng = _rng(12)
     layer = L.multi_head_attention(2, causal=True)
-    params = random_params(layer, (1, 5, 4), rng, "float64")
-    x = rng.standard_normal((1, 5, 4))
+    params = random_params(layer, (1, 5, 4), rng, "float32")
+    x = rng.standard_normal((1, 5, 4)).astype(np.float32)
     x2 = x.copy()
     x2[0, 3:] += rng.standard_normal((2, 4))
     f = jax.jit(layer.apply)
@@ -502,7 +504,7 @@ def test_positional_embedding(in_shape, max_len, dtype):
     assert_elementwise(apply(layer, params, x), expected, ELEMENTWISE[dtype], dtype=dtype)
 
 
-@pytest.mark.parametrize("id_dtype", ["int32", "int64"])
+@pytest.mark.parametrize("id_dtype", ["int32", pytest.param("int64", marks=pytest.mark.x64)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_embedding(dtype, id_dtype):
     vocab, features = 11, 5
@@ -527,12 +529,14 @@ def transformer_block_np(params, x, num_heads, causal):
     x = _f64(x)
     h = x + _attention_np(mha, layer_norm_np(x, ln1["scale"], ln1["bias"]), num_heads, causal)
     u = layer_norm_np(h, ln2["scale"], ln2["bias"]) @ fc1["w"] + fc1["b"]
-    gelu_u = np.asarray(jax.nn.gelu(jnp.asarray(u), approximate=False))
+    with jax.enable_x64(True):  # in float64, for the float32 test too
+        gelu_u = np.asarray(jax.nn.gelu(jnp.asarray(u), approximate=False))
     return h + gelu_u @ fc2["w"] + fc2["b"]
 
 
 @pytest.mark.parametrize(("in_shape", "num_heads", "mlp_ratio", "causal", "dtype"),
-                         [((2, 5, 8), 2, 4, False, "float64"), ((2, 6, 6), 3, 2, True, "float64"),
+                         [pytest.param((2, 5, 8), 2, 4, False, "float64", marks=pytest.mark.x64),
+                          pytest.param((2, 6, 6), 3, 2, True, "float64", marks=pytest.mark.x64),
                           ((2, 6, 6), 3, 2, True, "float32")])
 def test_transformer_block(in_shape, num_heads, mlp_ratio, causal, dtype):
     rng = _rng(15, num_heads)
@@ -580,10 +584,12 @@ OPTAX_MEAN = {
 
 
 def _mean_of(reference, *args):
-    """A reference of OPTAX_MEAN, with every float argument in float64."""
-    args = [jnp.asarray(_f64(a)) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
-            else jnp.asarray(a) for a in args]
-    return float(reference(*args))
+    """A reference of OPTAX_MEAN, with every float argument in float64 (x64 on for it, in
+    the float32 tests too)."""
+    with jax.enable_x64(True):
+        args = [jnp.asarray(_f64(a)) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
+                else jnp.asarray(a) for a in args]
+        return float(reference(*args))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -610,7 +616,8 @@ def test_huber(delta, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("shape", "label_dtype"),
-                         [((6, 5), "int32"), ((2, 3, 4), "int64"), ((1, 1), "int32")])
+                         [((6, 5), "int32"), pytest.param((2, 3, 4), "int64", marks=pytest.mark.x64),
+                          ((1, 1), "int32")])
 def test_softmax_cross_entropy_integer_labels(shape, label_dtype, dtype):
     """Mean over the rows (every axis but the last) of −log softmax(z)[label]."""
     rng = _rng(18, len(shape))
@@ -659,7 +666,8 @@ def test_binary_cross_entropy_from_logits(shape, targets, dtype):
 
 
 @pytest.mark.parametrize(("chunk_size", "dtype"),
-                         [(1, "float64"), (8, "float64"), (1024, "float64"), (8, "float32")])
+                         [pytest.param(c, "float64", marks=pytest.mark.x64) for c in (1, 8, 1024)]
+                         + [(8, "float32")])
 def test_linear_softmax_cross_entropy(chunk_size, dtype):
     """Fused x W → softmax cross-entropy against optax on the full logits (vocab 37: chunks
     of 1, of 8 with a padded last chunk, one chunk larger than the vocab)."""

@@ -37,8 +37,9 @@ def test_fused_pass_equals_the_plain_one_and_passes_check_grads():
     ids, y = _data()
     value, grads = fbp.value_and_grad(net, fused)(params, ids, y)
     ref_value, ref_grads = fbp.value_and_grad(net, losses.softmax_cross_entropy)(params, ids, y)
-    assert float(value) == pytest.approx(float(ref_value), rel=1e-12)
-    assert rel_err(grads, ref_grads) < 1e-10
+    # float32: the chunked and the plain log-sum-exp round apart (~1e-7)
+    assert float(value) == pytest.approx(float(ref_value), rel=1e-6)
+    assert rel_err(grads, ref_grads) < 1e-5
     report = fbp.check_grads(net, fused, params, ids, y)  # manual fused vs jax.grad of logits
     assert report.ok, str(report)
     assert [r.path for r in report.leaves][-1] == "[5]['w']"  # integer ids: no x row
@@ -46,13 +47,13 @@ def test_fused_pass_equals_the_plain_one_and_passes_check_grads():
 
 def test_the_fused_training_pass_forms_no_logits():
     """XLA's temporary memory of value-and-grad at 2048 tokens × 16384 vocabulary: the plain
-    pass holds the logits and their gradient (2 × 128 MiB in float64), the fused one a
+    pass holds the logits and their gradient (2 × 128 MiB in float32), the fused one a
     (tokens × chunk) block."""
     vocab, tokens = 16384, 2048
     head = L.linear_softmax_head(vocab)
     net = L.serial(L.dense(32), head)
     _, params = jax.eval_shape(lambda k: net.init(k, (tokens, 16)), jax.random.key(0))
-    x = jax.ShapeDtypeStruct((tokens, 16), jnp.float64)
+    x = jax.ShapeDtypeStruct((tokens, 16), jnp.float32)
     y = jax.ShapeDtypeStruct((tokens,), jnp.int32)
 
     def temp_mib(loss):
@@ -61,7 +62,7 @@ def test_the_fused_training_pass_forms_no_logits():
 
     plain = temp_mib(losses.softmax_cross_entropy)
     fused = temp_mib(losses.fused_softmax_cross_entropy(head, chunk_size=512))
-    logits_mib = tokens * vocab * 8 / 2**20
+    logits_mib = tokens * vocab * 4 / 2**20
     assert plain > logits_mib and fused < 0.1 * logits_mib, (plain, fused)
 
 
@@ -76,8 +77,9 @@ def test_fit_with_the_fused_head_trains_like_the_plain_loss():
                        ("plain", losses.softmax_cross_entropy)):
         runs[name] = fit(net, loss, gd(0.05), (ids, y), epochs=3, batch_size=8, progress=False)
     (s_fused, h_fused), (s_plain, h_plain) = runs["fused"], runs["plain"]
-    np.testing.assert_allclose(h_fused["train_loss"], h_plain["train_loss"], rtol=1e-9)
-    assert rel_err(s_fused.params, s_plain.params) < 1e-9
+    # float32: 12 steps of rounding apart (~1e-7 a step)
+    np.testing.assert_allclose(h_fused["train_loss"], h_plain["train_loss"], rtol=1e-5)
+    assert rel_err(s_fused.params, s_plain.params) < 1e-5
     logits = predict(net, s_fused, ids[:2])
     assert logits.shape == (2, T, V)  # predict still gives logits
 
