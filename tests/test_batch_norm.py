@@ -16,7 +16,7 @@ from fbp.optim import gd
 from fbp.train import evaluate, fit, init_state, make_step, predict
 
 
-def _bn_inputs(rng, n=256, d=3, dtype=np.float64):
+def _bn_inputs(rng, n=256, d=3, dtype=np.float32):
     """Inputs with mean 1.0 and std 0.1 per feature, targets from a fixed linear map."""
     x = (1.0 + 0.1 * rng.standard_normal((n, d))).astype(dtype)
     y = (x @ rng.standard_normal((d, 2))).astype(dtype)
@@ -37,6 +37,7 @@ def test_params_and_state_are_apart():
     assert sorted(params[1]) == ["bias", "scale"]
 
 
+@pytest.mark.x64  # against the formula to 1e-10: an ε misplaced (1e-5 / var) shows
 @pytest.mark.parametrize("momentum", [0.75, 0.0])
 def test_training_pass_returns_the_moved_statistics(momentum):
     rng = np.random.default_rng(1)
@@ -73,12 +74,11 @@ def test_bf16_statistics_match_float32():
     (from the bf16 copies of the params) and stalled: running variance 0.0130 against a
     batch variance of 0.0102, eval-mode x̂ mean ≈ 1.4. Now they are float32 state."""
     rng = np.random.default_rng(0)
-    x, y = _bn_inputs(rng, dtype=np.float32)
+    x, y = _bn_inputs(rng)
     net = L.serial(L.batch_norm(0.99), L.dense(2))
     runs = {}
     for precision in (None, "bf16"):
-        with jax.enable_x64(False):  # float32 master params, as users get them
-            state = init_state(net, gd(0.01), jax.random.key(0), x.shape)
+        state = init_state(net, gd(0.01), jax.random.key(0), x.shape)  # float32 master params
         step = make_step(net, losses.mse, gd(0.01), precision=precision)
         for _ in range(2000):
             state, metrics = step(state, x, y)
@@ -116,15 +116,16 @@ def test_value_and_grad_cannot_drop_the_state():
     vg = jax.jit(fbp.value_and_grad(net, losses.mse))
     expected = {k: np.asarray(v) for k, v in state[1].items()}
     for _ in range(50):
-        h = np.asarray(x) @ np.asarray(params[0]["w"]) + np.asarray(params[0]["b"])  # BN's input
+        h = (np.asarray(x, np.float64) @ np.asarray(params[0]["w"], np.float64)
+             + np.asarray(params[0]["b"], np.float64))  # BN's input
         expected = {"mean": 0.8 * expected["mean"] + 0.2 * h.mean(0),
                     "var": 0.8 * expected["var"] + 0.2 * h.var(0)}
         loss, grads, state = vg(params, x, y, state=state)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-    # the running statistics moved, step by step, by the momentum rule
-    np.testing.assert_allclose(state[1]["mean"], expected["mean"], rtol=1e-10)
-    np.testing.assert_allclose(state[1]["var"], expected["var"], rtol=1e-10)
+    # the running statistics moved, step by step, by the momentum rule (float32: ~2e-7)
+    np.testing.assert_allclose(state[1]["mean"], expected["mean"], rtol=1e-5)
+    np.testing.assert_allclose(state[1]["var"], expected["var"], rtol=1e-5)
     # with the params held, the statistics settle on this batch's: eval loss = train loss
     for _ in range(30):
         train_loss, _, state = vg(params, x, y, state=state)
@@ -210,10 +211,9 @@ def test_the_returned_state_feeds_back_without_a_retrace(precision):
     """The new state has the structure and dtypes of the old one (float32 statistics under
     bf16 too), so a jitted gradient function compiles once for a whole training loop."""
     rng = np.random.default_rng(5)
-    x, y = _bn_inputs(rng, n=32, dtype=np.float32)
+    x, y = _bn_inputs(rng, n=32)
     net = L.serial(L.dense(4), L.batch_norm(0.9), L.relu(), L.dense(2))
-    with jax.enable_x64(False):
-        _, params, state = net.init(jax.random.key(0), x.shape)
+    _, params, state = net.init(jax.random.key(0), x.shape)
     chex.clear_trace_counter()  # chex counts traces per function code, across tests
     vg = jax.jit(chex.assert_max_traces(
         fbp.value_and_grad(net, losses.mse, precision=precision), n=1))

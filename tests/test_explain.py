@@ -71,8 +71,9 @@ def test_rows_hold_the_statistics_of_the_pass():
     hn = (h0 - h0.mean(0)) / np.sqrt(h0.var(0) + 1e-5) * np.asarray(params[1]["scale"]) \
         + np.asarray(params[1]["bias"])
     t = np.tanh(hn)
-    assert rows["serial[0]"].mean == pytest.approx(h0.mean(), rel=1e-10)
-    assert rows["serial[2]"].std == pytest.approx(t.std(), rel=1e-10)
+    # float32 statistics against float64 numpy: ~1e-7 of the values' scale (~1)
+    assert rows["serial[0]"].mean == pytest.approx(h0.mean(), rel=1e-5, abs=1e-6)
+    assert rows["serial[2]"].std == pytest.approx(t.std(), rel=1e-5)
     assert rows["serial[2]"].frac_saturated == pytest.approx(np.mean(np.abs(t) > 0.97))
     assert rows["serial[3]/residual[0]/serial[1]"].frac_zero > 0
     assert sum(rows["serial[2]"].act_hist["counts"]) == t.size
@@ -80,16 +81,16 @@ def test_rows_hold_the_statistics_of_the_pass():
     loss_of_pred = lambda pred: losses.softmax_cross_entropy(pred, y)  # noqa: E731
     pred = NET.apply(params, x, train=True, state=state)[0]
     g = jax.grad(loss_of_pred)(pred)
-    assert rows[""].g_norm == pytest.approx(float(jnp.linalg.norm(g)), rel=1e-10)
-    assert rows["serial[6]"].g_norm == pytest.approx(float(jnp.linalg.norm(g)), rel=1e-10)
+    assert rows[""].g_norm == pytest.approx(float(jnp.linalg.norm(g)), rel=1e-5)
+    assert rows["serial[6]"].g_norm == pytest.approx(float(jnp.linalg.norm(g)), rel=1e-5)
     grads = jax.grad(lambda p: loss_of_pred(NET.apply(p, x, train=True, state=state)[0]))(params)
     w = {leaf.name: leaf for leaf in rows["serial[6]"].leaves}["['w']"]
-    assert w.grad_norm == pytest.approx(float(jnp.linalg.norm(grads[6]["w"])), rel=1e-10)
+    assert w.grad_norm == pytest.approx(float(jnp.linalg.norm(grads[6]["w"])), rel=1e-5)
     assert w.ratio == pytest.approx(w.grad_norm / float(jnp.linalg.norm(params[6]["w"])))
     # comparison columns: the hand-written gradients agree with jax.vjp at every layer
     for r in report.rows:
         if r.cmp_x is not None:
-            assert r.cmp_x.close and r.cmp_x.max_diff < 1e-12, r.label
+            assert r.cmp_x.close and r.cmp_x.max_diff < 1e-6, r.label  # float32 rounding
 
 
 def test_a_wrong_layer_shows_as_the_disagreeing_row():
@@ -143,10 +144,11 @@ def test_diagnostics_equal_the_statistics_computed_outside(epoch_mode):
             report = fbp.explain(DIAG_NET, losses.softmax_cross_entropy, state.params,
                                  jnp.asarray(x), jnp.asarray(y))
             rows = [r for r in report.rows if r.path]
-            np.testing.assert_allclose(d["act_mean"][i], [r.mean for r in rows], rtol=1e-9,
-                                       atol=1e-12)
-            np.testing.assert_allclose(d["act_std"][i], [r.std for r in rows], rtol=1e-9)
-            np.testing.assert_allclose(d["grad_norm"][i], [r.g_norm for r in rows], rtol=1e-9)
+            # float32: two programs (fit's epoch, explain's pass) round apart, ~1e-7
+            np.testing.assert_allclose(d["act_mean"][i], [r.mean for r in rows], rtol=1e-5,
+                                       atol=1e-6)
+            np.testing.assert_allclose(d["act_std"][i], [r.std for r in rows], rtol=1e-5)
+            np.testing.assert_allclose(d["grad_norm"][i], [r.g_norm for r in rows], rtol=1e-5)
             assert d["act_frac"][i][1] == rows[1].frac_saturated
             assert d["act_frac"][i][3] == rows[3].frac_zero
             assert math.isnan(d["act_frac"][i][0])
@@ -155,7 +157,7 @@ def test_diagnostics_equal_the_statistics_computed_outside(epoch_mode):
             after = jax.tree.map(np.asarray, state.params)
             want = [np.linalg.norm(after[j]["w"] - before[j]["w"]) / np.linalg.norm(before[j]["w"])
                     for j in (0, 2, 4)]
-            np.testing.assert_allclose(d["update_ratio"][d["step"].index(t)], want, rtol=1e-8)
+            np.testing.assert_allclose(d["update_ratio"][d["step"].index(t)], want, rtol=1e-5)
     first, last = d["hist"]["first"], d["hist"]["last"]
     assert first["step"] == 0 and last["step"] == 7  # before and after the 7 steps
     assert [sum(h["counts"]) for h in last["act"]] == [48 * 16, 48 * 16, 48 * 8, 48 * 8, 48 * 3]

@@ -148,7 +148,8 @@ def padded(dtype, seed=0, shape=(3, 6, 5)):
 
 
 @pytest.mark.standard_dtype_promotion  # optax's loss promotes
-@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-14), (np.float32, 1e-6)])
+@pytest.mark.parametrize("dtype, tol", [pytest.param(np.float64, 1e-14, marks=pytest.mark.x64),
+                                        (np.float32, 1e-6)])
 def test_ignore_forward_against_optax_on_the_kept_tokens(dtype, tol):
     z, labels = padded(dtype)
     keep = labels != -100
@@ -163,7 +164,8 @@ def test_ignore_forward_against_optax_on_the_kept_tokens(dtype, tol):
     assert float(CE_IGNORE(jnp.asarray(z2), labels)) == pytest.approx(float(expected), rel=tol)
 
 
-@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@pytest.mark.parametrize("dtype, tol", [pytest.param(np.float64, 1e-12, marks=pytest.mark.x64),
+                                        (np.float32, 1e-5)])
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 def test_ignore_gradient_against_jax_grad(dtype, tol, jit):
     z, labels = padded(dtype, seed=1)
@@ -198,7 +200,7 @@ def test_ignore_trains_and_checks_with_fit_and_check_grads():
     x, _ = tokens(n=16, vocab=20)
     y = np.where(np.arange(5) < 3, x % 4, -100).astype(np.int32)  # padded after 3 tokens
     net = L.serial(L.embedding(20, 8), L.dense(4))
-    params = params_of(net, x.shape, np.float64)
+    params = params_of(net, x.shape)
     report = fbp.check_grads(net, CE_IGNORE, params, x, y)
     assert report.ok, report
     state, history = fit(net, CE_IGNORE, gd(0.5), (x, y), epochs=30, batch_size=8,
@@ -329,16 +331,17 @@ def test_evaluate_in_batches_equals_full_batch(case):
     rng = np.random.default_rng(5)
     x, y = rng.standard_normal((103, 4)), targets(rng, 103)  # 6 batches of 16, then 7
     net = make()
-    params = params_of(net, x.shape, np.float64)
+    params = params_of(net, x.shape)
     full = evaluate(net, loss, params, x, y, batch_size=None)
     pred = np.asarray(predict(net, params, x))
     expected = float(loss(jnp.asarray(pred), y if case != "mse" else jnp.asarray(y)))
-    assert full["loss"] == pytest.approx(expected, rel=1e-13)
+    # float32: sums over 103 examples, whole or in batches, round apart (~1e-7)
+    assert full["loss"] == pytest.approx(expected, rel=1e-6)
     for batch_size in (16, 103, 4096):
         batched = evaluate(net, loss, params, x, y, batch_size=batch_size)
         assert batched.keys() == full.keys()
         for k in full:
-            assert batched[k] == pytest.approx(full[k], rel=1e-13), (k, batch_size)
+            assert batched[k] == pytest.approx(full[k], rel=1e-6), (k, batch_size)
     if "accuracy" in full:
         kept = y != loss.ignore_index if loss.ignore_index is not None else np.ones(103, bool)
         assert full["accuracy"] == pytest.approx(np.mean((pred.argmax(-1) == y)[kept]), abs=1e-15)

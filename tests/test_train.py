@@ -52,27 +52,27 @@ def test_manual_and_auto_steps_agree(opt):
     for grad in ("manual", "auto"):
         step = make_step(net, loss, optimizer, grad=grad)
         state = init_state(net, optimizer, jax.random.key(1), x.shape)
-        x_dev, y_dev = jnp.asarray(x, jnp.float64), jnp.asarray(y)  # x64 on: params are f64
+        x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
         for _ in range(8):
             state, metrics = step(state, x_dev, y_dev)
         states[grad] = state
         assert step._cache_size() == 1  # the second and later calls never retraced
     assert int(states["manual"].step) == 8
-    assert rel_err(states["manual"].params, states["auto"].params) < 1e-12
+    assert rel_err(states["manual"].params, states["auto"].params) < 1e-5  # float32 rounding
     # and training did something
     first = init_state(net, optimizer, jax.random.key(1), x.shape).params
     assert rel_err(states["manual"].params, first) > 1e-3
 
 
 def test_grad_norm_metric_on_request():
-    x, y = jnp.asarray(blobs()[0], jnp.float64), jnp.asarray(blobs()[1])
+    x, y = jnp.asarray(blobs()[0]), jnp.asarray(blobs()[1])
     net, loss = small_net(), losses.softmax_cross_entropy
     state = init_state(net, gd(0.1), jax.random.key(1), x.shape)
     _, grads = fbp.value_and_grad(net, loss)(state.params, x, y, key=jax.random.split(
         state.key)[1])
     expected = np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree_util.tree_leaves(grads)))
     _, metrics = make_step(net, loss, gd(0.1), grad_norm=True)(state, x, y)
-    assert float(metrics["grad_norm"]) == pytest.approx(expected, rel=1e-12)
+    assert float(metrics["grad_norm"]) == pytest.approx(expected, rel=1e-6)  # float32
     state = init_state(net, gd(0.1), jax.random.key(1), x.shape)
     _, metrics = make_step(net, loss, gd(0.1))(state, x, y)
     assert set(metrics) == {"loss"}
