@@ -14,8 +14,18 @@ C B A, ...; warm-up first; each call ends in `block_until_ready`; medians):
 - matmul           (B·T, d) @ (d, 4d), the MLP's GEMM: the rate the pieces are compared with
 
 Each piece is printed with its wall time, its CPU time (all threads: the work, which a busy
-machine disturbs much less), XLA's flop count, its rate, and the wall and CPU time it would
-take at the GEMM's rate (the "floors"). `--hlo DIR` writes each compiled program's text
+machine disturbs much less), the minor page faults per call, XLA's temporary bytes, XLA's
+flop count, its rate, and the wall and CPU time it would take at the GEMM's rate (the
+"floors").
+
+The page faults are worth a look on Linux: XLA:CPU allocates a program's temporaries anew
+on every call, and with glibc's malloc a block above its mmap threshold (at most 32 MiB)
+is a fresh mapping each time, every page of it faulted in again (the 2-block step: ~147 MiB,
+~38k faults and ~20% of the step's CPU time here). Starting the process with
+`GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647:glibc.malloc.arena_max=1`
+keeps freed memory in the heap for the next call (the process then holds its peak).
+
+`--hlo DIR` writes each compiled program's text
 (`jax.jit(f).lower(...).compile().as_text()`) and prints a census of its instructions:
 how many dots, transposes, copies and fusions XLA made of it. `--ops NAME` runs one piece
 under `jax.profiler` and lists its XLA operations by time (a thunk's wall time, so on a busy
@@ -59,23 +69,34 @@ def _init(layer, shape, rng):
     return _random_like(params, rng)
 
 
+def _minor_faults() -> int:
+    """The process's minor page faults so far (0 where `resource` is missing: not Unix)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def interleaved(runners: dict, *, repeats: int, warmup: int = 3) -> dict[str, tuple]:
-    """{name: (wall seconds, process CPU seconds)} per call of each runner, called in turn
-    (A B C, C B A, ...) after `warmup` calls. The CPU time (all of the process's threads) is
-    the work done; on a machine shared with other jobs it moves much less than the wall time."""
+    """{name: (wall seconds, process CPU seconds, minor page faults)} per call of each runner,
+    called in turn (A B C, C B A, ...) after `warmup` calls. The CPU time (all of the
+    process's threads) is the work done; on a machine shared with other jobs it moves much
+    less than the wall time."""
     for run in runners.values():
         for _ in range(warmup):
             jax.block_until_ready(run())
-    wall: dict[str, list[float]] = {name: [] for name in runners}
-    cpu: dict[str, list[float]] = {name: [] for name in runners}
+    out: dict[str, tuple] = {name: ([], [], []) for name in runners}
     order = list(runners.items())
     for i in range(repeats):
         for name, run in order if i % 2 == 0 else order[::-1]:
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0, f0 = time.perf_counter(), time.process_time(), _minor_faults()
             jax.block_until_ready(run())
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-    return {name: (wall[name], cpu[name]) for name in runners}
+            wall, cpu, faults = out[name]
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            faults.append(_minor_faults() - f0)
+    return out
 
 
 def _flops(compiled) -> float | None:
@@ -256,16 +277,17 @@ def main(argv=None) -> int:
     runners = {n: (lambda c=c, a=a: c(*a)) for n, c, a in
                ((n, compiled[n], progs[n][1]) for n in progs)}
     measured = interleaved(runners, repeats=args.repeats)
-    times = {n: statistics.median(w) for n, (w, _) in measured.items()}
-    cpu = {n: statistics.median(c) for n, (_, c) in measured.items()}
+    times, cpu, faults = ({n: statistics.median(m[i]) for n, m in measured.items()}
+                          for i in range(3))
     rate, cpu_rate = flops["matmul"] / times["matmul"], flops["matmul"] / cpu["matmul"]
     print(f"{jax.devices()[0].device_kind}, JAX {jax.__version__}; "
           f"batch {B}, T {T}, d {D}, {HEADS} heads, causal; medians of {args.repeats}")
-    print(f"{'piece':22s} {'ms':>8s} {'cpu ms':>8s} {'GFLOP':>8s} {'GFLOP/s':>8s} "
-          f"{'floor ms':>9s} {'cpu floor':>9s}")
+    print(f"{'piece':22s} {'ms':>8s} {'cpu ms':>8s} {'faults':>7s} {'temp MiB':>8s} "
+          f"{'GFLOP':>8s} {'GFLOP/s':>8s} {'floor ms':>9s} {'cpu floor':>9s}")
     for n, t in times.items():
         f = flops[n]
-        print(f"{n:22s} {1e3 * t:8.2f} {1e3 * cpu[n]:8.2f} "
+        temp = getattr(compiled[n].memory_analysis(), "temp_size_in_bytes", 0) / 2**20
+        print(f"{n:22s} {1e3 * t:8.2f} {1e3 * cpu[n]:8.2f} {faults[n]:7.0f} {temp:8.1f} "
               + (f"{f / 1e9:8.3f} {f / t / 1e9:8.1f} {1e3 * f / rate:9.2f} "
                  f"{1e3 * f / cpu_rate:9.2f}" if f else ""))
     return 0
