@@ -118,9 +118,10 @@ def test_scan_and_python_loop_epochs_agree():
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the choice differs by platform")
 @pytest.mark.parametrize("grad", ["manual", "auto"])
 def test_auto_epoch_mode_loops_steps_for_conv_nets_on_cpu(grad):
-    """XLA:CPU is slow at convolutions inside a compiled loop: "auto" sees them and loops."""
+    """XLA:CPU is slow at convolutions inside a compiled loop: "auto" sees them and loops.
+    (Four input channels: conv2d computes 1-3 channels without XLA's convolution.)"""
     x, y = blobs()
-    images = x[:, :4].reshape(-1, 2, 2, 1)
+    images = np.repeat(x[:, :4], 4, axis=1).reshape(-1, 2, 2, 4)
     conv = L.serial(L.conv2d(2, 2), L.relu(), L.flatten(), L.dense(3))
     mlp = small_net()
     for net, train_data, mode in [(conv, (images, y), "steps"), (mlp, (x, y), "scan")]:
