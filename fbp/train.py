@@ -238,6 +238,18 @@ def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, *
     parameters (see `fbp.value_and_grad`). mesh: data-parallel over its devices (put the
     state there with `replicate(mesh, state)`); the batch size must divide by their count.
     l2=λ adds λ/2·Σ‖W‖² over the weight matrices and kernels to the loss (`fbp.l2_penalty`).
+
+    Examples:
+        >>> import jax, numpy as np, optax
+        >>> from fbp import layers as L, losses
+        >>> from fbp.train import init_state, make_step
+        >>> net = L.dense(2)
+        >>> state = init_state(net, optax.sgd(0.1), jax.random.key(0), (4, 3))
+        >>> step = make_step(net, losses.mse, optax.sgd(0.1))
+        >>> x, y = np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32)
+        >>> state, metrics = step(state, x, y)
+        >>> int(state.step), metrics["loss"].shape
+        (1, ())
     """
     return jax.jit(_train_step(net, loss, optimizer, grad, precision, mesh, l2, grad_norm),
                    donate_argnums=0)
@@ -335,7 +347,17 @@ def predict(net: Layer, params: Params | TrainState, x, *, state: State = None) 
     `params`: the TrainState that `fit` returns, or bare params (with `state=` for a
     stateful net). Token ids outside an input embedding's vocabulary are refused. With the
     state of a fit over several processes, each process runs on its own first device and
-    gets an array there."""
+    gets an array there.
+
+    Examples:
+        >>> import jax, numpy as np, optax
+        >>> from fbp import layers as L
+        >>> from fbp.train import init_state, predict
+        >>> net = L.dense(2)
+        >>> state = init_state(net, optax.sgd(0.1), jax.random.key(0), (4, 3))
+        >>> predict(net, state, np.ones((5, 3), np.float32)).shape
+        (5, 2)
+    """
     params, net_state = _params_and_state("predict", net, params, state)
     x = np.asarray(x)
     check_token_ids("predict: x", net, x)
@@ -813,8 +835,26 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         progress: bool = True, epoch_mode: str = "auto", devices=None,
         precision: str | None = None, l2: float = 0.0,
         diagnostics_every: int | None = None) -> tuple[TrainState, dict[str, Any]]:
-    """Train `net` on `train_data = (x, y)`; returns the final (or best) state and the history.
+    """Train `net` on `train_data`; returns the final (or best) state and the history.
 
+    - train_data: an `(x, y)` pair of arrays, or a stream of `(x, y)` batches, passed over
+      once each epoch: a list (or tuple) of batches; a function returning an iterator of
+      them (a generator function), called each epoch — with the epoch (0, 1, ...) when it
+      takes one required argument, so it can shuffle per epoch; or a re-iterable object
+      whose `iter()` starts a fresh pass (e.g. a grain `MapDataset`, `IterDataset` or
+      `DataLoader`). A one-shot iterator (a generator object) is refused: it would be empty
+      after the first epoch. A stream's epoch is a Python loop of the jitted step (its state
+      donated); batch 1 fixes the shapes and dtypes, a batch of other ones is refused
+      (ValueError naming the epoch, the batch and both shapes) but a smaller last batch,
+      which is dropped (with a warning, once). Each batch is checked on the host as arrays
+      are (finite, numeric, token ids, labels) before it runs. `batch_size` must be None;
+      `diagnostics_every` and epoch_mode="scan" need arrays; `val_data` may be arrays or a
+      stream; on a mesh (`devices=`) each batch is split over the devices (its size must
+      divide by their count), within one process only. `train_loss` is the mean of the
+      epoch's batch losses. Resuming from a checkpoint is bit for bit only when the stream
+      gives the same batches for an epoch on a rerun (the function of the epoch is the way
+      to shuffle); a function of the epoch is called once more at the start of a run, for
+      epoch 0, to read the shapes.
     - batch_size: None → full-batch gradient descent, 1 → stochastic, b → mini-batches of b;
       the data is reshuffled every epoch from `seed` (the last n mod b examples of a shuffle
       sit that epoch out).
@@ -880,6 +920,30 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
       and after training (one pass each on the next batch, its update not kept);
       `fbp.plot.diagnostics` draws them. The other steps are the plain step. None
       (default): no recording at all.
+
+    Examples:
+        >>> import numpy as np, optax
+        >>> from fbp import layers as L, losses
+        >>> from fbp.train import fit
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(32, 4)).astype(np.float32)
+        >>> y = rng.integers(0, 3, 32)
+        >>> net = L.serial(L.dense(8), L.tanh(), L.dense(3))
+        >>> state, history = fit(net, losses.softmax_cross_entropy, optax.sgd(0.1), (x, y),
+        ...                      epochs=2, batch_size=8, progress=False)
+        >>> history["stopped"], history["epoch"]
+        ('epochs', [1, 2])
+
+        The same data as a stream of batches, a generator function of the epoch:
+
+        >>> def batches(epoch):
+        ...     order = np.random.default_rng(epoch).permutation(32)
+        ...     for i in range(0, 32, 8):
+        ...         yield x[order[i:i + 8]], y[order[i:i + 8]]
+        >>> state, history = fit(net, losses.softmax_cross_entropy, optax.sgd(0.1), batches,
+        ...                      epochs=2, progress=False)
+        >>> history["stopped"], len(history["train_loss"])
+        ('epochs', 2)
     """
     _check_net_and_loss(net, loss)
     if not isinstance(epochs, int) or epochs <= 0:
