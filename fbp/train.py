@@ -1000,7 +1000,7 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
             raise ValueError(f"fit: {stream.what} (train_data) gave no batches; a stream "
                              "must give at least one each epoch")
         x_np, _ = _check_batch("fit", "train_data batch 1 of epoch 1", opened, None, loss, None)
-        n, batch = None, len(x_np)
+        n, batch = 0, len(x_np)  # n: the stream's size is not known (0 is never used)
     mesh = data_mesh(devices) if devices is not None else None
     if stream is not None and _spans_processes(mesh):
         raise ValueError("fit: train_data as a stream of batches runs on the devices of this "
@@ -1140,10 +1140,13 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
                 postfix = {"loss": f"{train_loss:.4g}", "samples/s": f"{samples_per_s:.3g}"}
                 stop = None
                 if val_data is not None:
-                    val = (evaluate(net, loss, state, xv, yv) if val_stream is None else
-                           _reduced(jax.device_get(_evaluate_stream(
-                               net, loss, *_local((state.params, state.net_state)), val_stream,
-                               epoch, x.shape[1:]))))
+                    if val_stream is None:
+                        val = evaluate(net, loss, state, xv, yv)
+                    else:
+                        val_params, val_net_state = _local((state.params, state.net_state))
+                        val = _reduced(jax.device_get(_evaluate_stream(
+                            net, loss, val_params, val_net_state, val_stream, epoch,
+                            x.shape[1:])))
                     history["val_loss"].append(val["loss"])
                     history["val_accuracy"].append(val.get("accuracy", math.nan))
                     postfix["val"] = f"{val['loss']:.4g}"
