@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-slow check bench lint docs clean
+.PHONY: run test test-slow check bench lint typecheck docs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test-slow: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check fbp tests examples benchmarks
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
 
 # The documentation site, built strictly (a warning fails it) into site/.
 $(VENV)/.docs-installed: $(BIN)/.installed

@@ -26,7 +26,7 @@ EXAMPLES = list(_examples())
 
 def test_the_public_api_has_examples():
     names = {t.values[0].name.split(".")[-1] for t in EXAMPLES}
-    for public in ("value_and_grad", "check_grads", "check_layer", "explain",
+    for public in ("value_and_grad", "check_grads", "check_layer", "explain", "fit",
                    "save_params", "load_params"):
         assert public in names, f"no Examples: in the docstring of {public}"
 
