@@ -202,6 +202,18 @@ def at_least_float32(dtype) -> jnp.dtype:
     """The dtype statistics and scales are computed in: float32, or the input's if wider."""
     dtype = jnp.dtype(dtype)
     return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
+
+
+def cast_floating(tree, dtype):
+    """The pytree with its floating leaves cast to `dtype` (None: unchanged); integer leaves
+    (labels, token ids) stay as they are. The one cast fbp uses for params, inputs, state."""
+    if dtype is None:
+        return tree
+
+    def cast(a):
+        a = jnp.asarray(a)
+        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+    return jax.tree_util.tree_map(cast, tree)
 def check_shape(name: str, shape: Sequence[int], *, min_rank: int = 1) -> Shape:
     """Validate an `input_shape` given to `init`."""
     try:

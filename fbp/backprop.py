@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fbp._layer import Layer, Params, fwd_with_state, stateful_layers
+from fbp._layer import Layer, Params, cast_floating, fwd_with_state, stateful_layers
 from fbp.losses import Loss
 
 Array = jax.Array
@@ -38,14 +38,6 @@ def compute_dtype(precision: str | None):
         raise ValueError(f"precision must be one of {sorted(k for k in PRECISIONS if k)} or "
                          f"None, got {precision!r}")
     return PRECISIONS[precision]
-
-
-def _to(dtype, tree):
-    """Cast the floating leaves of a pytree (integer labels and keys stay as they are)."""
-    if dtype is None:
-        return tree
-    return jax.tree_util.tree_map(
-        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
 def l2_penalty(params: Params, strength: float) -> tuple[Array, Params]:
@@ -169,15 +161,15 @@ def training_pass(net: Layer, loss: Loss, *, grad: str = "manual",
     fused = _fused_pass(net, loss, low, l2, with_dx) if getattr(loss, "head", None) else None
 
     def forward(params, x, y, key, train, state):
-        pred, res, new_state = fwd_with_state(net, _to(low, params), _to(low, x), key=key,
-                                              train=train, state=state)
+        p, xl = cast_floating(params, low), cast_floating(x, low)
+        pred, res, new_state = fwd_with_state(net, p, xl, key=key, train=train, state=state)
         value, loss_res = loss.fwd(_full(pred, low), y)
         return value, (pred, res, loss_res, new_state)
 
     def manual(params, x, y, *, key=None, train=True, state=None):
         value, (pred, res, loss_res, new_state) = forward(params, x, y, key, train, state)
         g = loss.bwd(loss_res, jnp.ones_like(value))  # ∂L/∂L = 1
-        grads, dx = net.bwd(_to(low, params), res, g.astype(pred.dtype))
+        grads, dx = net.bwd(cast_floating(params, low), res, g.astype(pred.dtype))
         grads = jax.tree_util.tree_map(lambda d, p: d.astype(p.dtype), grads, params)
         if l2:
             penalty, d_penalty = l2_penalty(params, l2)
@@ -219,9 +211,9 @@ def _fused_pass(net: Layer, loss, low, l2: float, with_dx: bool) -> Callable:
     chunk = loss.chunk_size
 
     def fused(params, x, y, *, key=None, train=True, state=None):
-        p = _to(low, params)
+        p = cast_floating(params, low)
         h, res, new_state = (x, None, state) if body is None else fwd_with_state(
-            body, p[:-1], _to(low, x), key=key, train=train,
+            body, p[:-1], cast_floating(x, low), key=key, train=train,
             state=state[:-1] if body.stateful else None)
         w = p[-1]["w"]
         rows, labels = h.reshape(-1, h.shape[-1]), jnp.asarray(y).reshape(-1)

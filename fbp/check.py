@@ -13,7 +13,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from fbp import _tape
-from fbp._layer import Layer, fwd_with_state, init_with_state
+from fbp._layer import Layer, cast_floating, fwd_with_state, init_with_state
 from fbp.backprop import training_pass
 from fbp.losses import Loss
 
@@ -141,12 +141,6 @@ class GradReport:
                 f"{self.max_rel_err_autodiff:.1e} (tol {self.autodiff_rtol:.0e}), vs finite "
                 f"differences {self.max_rel_err_fd:.1e} (tol {self.fd_rtol:.0e}){faulty}: "
                 f"{'OK' if self.ok else 'MISMATCH'}")
-
-
-def _to_float64(tree):
-    return jax.tree_util.tree_map(
-        lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
-        else jnp.asarray(a), tree)
 
 
 def _rel_err(a_leaves, b_leaves, floor):
@@ -277,7 +271,7 @@ def check_grads(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool =
         grads_m) else str(jnp.asarray(x).dtype)
 
     with jax.enable_x64(True):
-        p64, x64, y64, s64 = (_to_float64(t) for t in (params, x, y, state))
+        p64, x64, y64, s64 = (cast_floating(t, jnp.float64) for t in (params, x, y, state))
         _, grads64, _, dx64 = fns["manual"](p64, x64, y64, key=key, train=train, state=s64)
         layer_err = fns["layers"](p64, x64, y64, key, train, s64)
         calls = layer_calls(net, loss, p64, x64, y64, key=key, train=train, state=s64)

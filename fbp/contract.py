@@ -43,6 +43,7 @@ from fbp._layer import (
     Shape,
     State,
     at_least_float32,
+    cast_floating,
     check_input,
     check_no_params,
     check_param_shapes,
@@ -67,7 +68,7 @@ __all__ = [
     # checks on what init and fwd receive
     "check_shape", "check_input", "check_no_params", "check_param_shapes",
     # dtypes
-    "default_float_dtype", "at_least_float32",
+    "default_float_dtype", "at_least_float32", "cast_floating",
     # residuals: arrays only
     "shape_residual", "residual_shape",
     # combinators

@@ -16,7 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from fbp._layer import Layer, Shape, at_least_float32, fwd_with_state, init_with_state
+from fbp._layer import (
+    Layer,
+    Shape,
+    at_least_float32,
+    cast_floating,
+    fwd_with_state,
+    init_with_state,
+)
 
 # Relative error allowed for bwd against jax.vjp of fwd (by dtype), and against finite
 # differences (always in float64).
@@ -102,10 +109,6 @@ def _noisy(rng, tree, dtype, scale=0.5):
                               dtype) if _floating(a) else a, tree)
 
 
-def _cast(tree, dtype):
-    return jax.tree_util.tree_map(lambda a: a.astype(dtype) if _floating(a) else a, tree)
-
-
 def _errors(got, ref, floor):
     """(max |got − ref|, that / max(max |ref|, floor)) in float64."""
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
@@ -187,7 +190,7 @@ def _check(layer, input_shape, key, train, dtype, x, fd_coords, fd_eps) -> Layer
     rng = np.random.default_rng(np.asarray(jax.random.key_data(k_rng)).ravel())
     _, params, state = jax.jit(lambda k: init_with_state(layer, k, input_shape))(k_init)
     params = _noisy(rng, params, dtype)
-    state = _cast(state, at_least_float32(dtype))
+    state = cast_floating(state, at_least_float32(dtype))
     x = (jnp.asarray(rng.standard_normal(input_shape), dtype) if x is None
          else jnp.asarray(x).astype(dtype) if _floating(x) else jnp.asarray(x))
     x_floating = _floating(x)
@@ -229,7 +232,7 @@ def _check(layer, input_shape, key, train, dtype, x, fd_coords, fd_eps) -> Layer
     # against central differences of s(θ, x) = ⟨g, f(θ, x)⟩, in float64, and so the bwd
     # in float64 too
     fd = _finite_differences(fwd, params, x, state, g, x_floating, fd_coords, fd_eps, rng)
-    p64, x64, s64, g64 = (_cast(t, jnp.float64) for t in (params, x, state, g))
+    p64, x64, s64, g64 = (cast_floating(t, jnp.float64) for t in (params, x, state, g))
     _, _, grads64, dx64 = (jax.jit(joint)(p64, x64, s64, g64) if dtype != "float64"
                            else (y, new_state, grads, dx))
 
@@ -303,7 +306,7 @@ def _jit_checks(layer, fwd, params, x, state, g, eager, dtype) -> list[ContractC
 def _finite_differences(fwd, params, x, state, g, x_floating, fd_coords, eps, rng):
     """[(coordinates, ∂s/∂coordinate)] for each parameter leaf (and x), s = ⟨g, f(θ, x)⟩,
     by central differences in float64."""
-    p64, x64, s64, g64 = (_cast(t, jnp.float64) for t in (params, x, state, g))
+    p64, x64, s64, g64 = (cast_floating(t, jnp.float64) for t in (params, x, state, g))
     wrt = (p64, x64) if x_floating else (p64,)
     flat, unravel = ravel_pytree(wrt)
     sizes = [leaf.size for leaf in jax.tree_util.tree_leaves(wrt)]
