@@ -1443,3 +1443,8 @@ class _SigtermStop:
             if self.requested and not self.handled:
                 signal.raise_signal(signal.SIGTERM)
         return False
+
+
+__all__ = ["fit", "make_step", "evaluate", "predict", "init_state", "TrainState",
+           "NonFiniteError", "Interrupted", "data_mesh", "shard_batch", "replicate",
+           "global_norm"]
