@@ -33,4 +33,5 @@ def test_digits_reaches_97_percent_and_auto_gives_the_same_curve():
         assert history["val_accuracy"][-1] >= 0.97  # val_data is the test split
     manual = np.asarray(runs["manual"][1]["train_loss"])
     auto = np.asarray(runs["auto"][1]["train_loss"])
-    np.testing.assert_allclose(manual, auto, rtol=1e-4)
+    # float32 over 40 epochs: the two curves drift ~6e-6 apart where the loss is ~0.01
+    np.testing.assert_allclose(manual, auto, rtol=1e-4, atol=2e-5)
