@@ -131,6 +131,7 @@ def test_missing_device_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("precision", "tol"), [(None, 1e-5), ("bf16", 1e-2)])
 def test_devices_sweep_and_precision(tmp_path, precision, tol):
     """`--devices 1,2` forces two CPU devices in a fresh process; both counts take the same

@@ -136,7 +136,8 @@ def test_fwd_and_bwd_under_separate_jits_and_through_a_scan(name):
                                                    grads) < tol
 
 
-@pytest.mark.parametrize("name", ["flatten", "conv2d", "parallel_concat", "transformer_block"])
+@pytest.mark.parametrize("name", ["flatten", "conv2d", "parallel_concat",
+                                  pytest.param("transformer_block", marks=pytest.mark.slow)])
 def test_custom_vjp_runs_the_hand_written_bwd(name):
     """fbp.custom_vjp is the JAX guide's few lines now: no side channel for static residuals."""
     layer, in_shape, _ = CASES[name](rng_for(name, 0))

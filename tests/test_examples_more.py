@@ -9,12 +9,14 @@ pytestmark = pytest.mark.standard_dtype_promotion
 
 
 
+@pytest.mark.slow  # the default suite's time budget
 def test_cnn_digits_smoke():
     state, history = load("cnn_digits").main(epochs=3, progress=False)
     assert history["train_loss"][-1] < history["train_loss"][0]
     assert history["val_accuracy"][-1] > 0.9  # val_data is the test split
 
 
+@pytest.mark.slow  # the default suite's time budget
 def test_tiny_lm_smoke():
     out = load("tiny_lm").main(epochs=1, stride=8, sample_length=20, progress=False)
     assert out["val_loss"] < out["baseline"]

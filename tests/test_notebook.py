@@ -10,6 +10,7 @@ import re
 import sys
 
 import nbformat
+import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
@@ -43,6 +44,7 @@ def _stdout(cell) -> str:
                    if o["output_type"] == "stream" and o["name"] == "stdout")
 
 
+@pytest.mark.slow  # the default suite's time budget
 def test_backprop_ninja_notebook_runs(tmp_path, monkeypatch):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # committed clean: no outputs, no execution counts
