@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import measure
 from fbp import layers as L
 from fbp import losses
 from fbp.train import init_state, make_step
@@ -44,22 +45,12 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = CLOCKS["wall"]
 
 
-def interleaved(runners: dict[str, Callable[[], object]], repeats: int,
-                warmup: int = 3) -> dict[str, float]:
-    """Median seconds per call of each runner, called in turn (A B C, C B A, …), by `clock`:
+def interleaved(runners: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each runner (`benchmarks.measure.interleaved`), by `clock`:
     wall-clock, or this process's CPU time over all its threads (the work done, which
     other processes on a shared machine disturb less; run under `taskset -c 0` to count
     one core's work without threads spinning for each other)."""
-    for run in runners.values():
-        for _ in range(warmup):
-            jax.block_until_ready(run())
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    order = list(runners.items())
-    for i in range(repeats):
-        for name, run in order if i % 2 == 0 else order[::-1]:
-            t0 = clock()
-            jax.block_until_ready(run())
-            times[name].append(clock() - t0)
+    times = measure.interleaved(runners, repeats=repeats, clock=clock)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -29,12 +29,14 @@ import numpy as np
 
 
 def interleaved(runners: dict[str, Callable[[], Any]], *, repeats: int,
-                warmup: int = 3) -> dict[str, list[float]]:
+                warmup: int = 3, clock: Callable[[], float] = time.perf_counter
+                ) -> dict[str, list[float]]:
     """Seconds per call of each runner, called in turn `repeats` times: A B C, then C B A,
     and so on, so that no runner always goes first (after another's work, or after a pause).
 
     Each runner is first called `warmup` times (compilation and first-touch costs),
-    so the times are of the steady state.
+    so the times are of the steady state. `clock`: wall-clock by default, or e.g.
+    `time.process_time` (the process's CPU time over all its threads).
     """
     for run in runners.values():
         for _ in range(warmup):
@@ -43,9 +45,9 @@ def interleaved(runners: dict[str, Callable[[], Any]], *, repeats: int,
     order = list(runners.items())
     for i in range(repeats):
         for name, run in order if i % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
+            t0 = clock()
             jax.block_until_ready(run())
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return times
 
 
