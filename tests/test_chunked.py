@@ -90,3 +90,25 @@ def test_chunked_keeps_o_of_t_memory():
 def test_bad_chunk_size():
     with pytest.raises(ValueError, match="chunk_size must be a positive int or None, got 0"):
         L.multi_head_attention(2, chunk_size=0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_chunked_under_bf16_matches_float32(causal):
+    """bf16 precision (bfloat16 forward and backward, float32 master params): the chunked
+    layer's loss and gradients stay as close to the float32 ones as the dense layer's do,
+    and come back in the params' float32."""
+    import fbp
+    from fbp import losses
+
+    params, x, y = _setup(2, 11, 8, "float32", seed=5)
+    errors = {}
+    for chunk in (None, 4):
+        net = L.serial(L.multi_head_attention(2, causal=causal, chunk_size=chunk))
+        p = (params,)
+        ref_l, ref_g = jax.jit(fbp.value_and_grad(net, losses.mse))(p, x, y)
+        l16, g16 = jax.jit(fbp.value_and_grad(net, losses.mse, precision="bf16"))(p, x, y)
+        assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(g16))
+        assert abs(float(l16) - float(ref_l)) <= 2e-2 * abs(float(ref_l))
+        errors[chunk] = rel_err(g16, ref_g)
+    assert errors[4] < 3e-2, errors
+    assert errors[4] < 2 * errors[None] + 1e-3, errors  # no worse than dense under bf16

@@ -1,24 +1,35 @@
-"""Attention over blocks of keys (FlashAttention's algorithm, written for XLA): the forward
-keeps O(T) per head instead of the (T × T) probabilities, and the backward recomputes them,
-one (c × c) block at a time.
+"""Attention over blocks of keys (FlashAttention's algorithm, written for XLA), with the
+projections inside the loops: the forward keeps O(T) per head instead of the (T × T)
+probabilities, and the backward recomputes them, one (c × c) block at a time.
 
-Arrays are (B, H, T, D), heads split, batch and head leading; q comes scaled by 1/√D. The sequence is cut into
-n = ⌈T / c⌉ blocks of c positions (the last one padded; padded keys are masked out), read
-in place with dynamic slices.
+x is (B, T, d); heads are h of width d_h = d / h, laid out (B, h, T, d_h) inside. The
+sequence is cut into n = ⌈T / c⌉ blocks of c positions (the last one padded; padded keys
+are masked out, padded queries get a zero cotangent), read in place with dynamic slices.
+Q = (x W_q + b_q) / √d_h,  K = x W_k,  V = x W_v + b_v.
 
-Forward, for query block i, over key blocks j (j ≤ i when causal: the blocks above the
-diagonal are skipped), with S_ij = Q_i K_jᵀ:
+Forward, for query block i (its Q_i projected from x_i there), over key blocks j (j ≤ i
+when causal: the blocks above the diagonal are skipped), with S_ij = Q_i K_jᵀ:
     m ← max(m, rowmax S_ij);   ℓ ← ℓ e^{m_old − m} + rowsum e^{S_ij − m};
     A ← A e^{m_old − m} + e^{S_ij − m} V_j
     O_i = A / ℓ,   lse_i = m + log ℓ       (kept: O and lse, the per-row log-sum-exp)
 
-Backward, with D = rowsum(dO ⊙ O), for key block j over query blocks i (i ≥ j if causal):
+Backward, with D = rowsum(dO ⊙ O), for key block j (K_j, V_j projected from x_j there) over
+query blocks i (i ≥ j if causal):
     P_ij = e^{S_ij − lse_i}                 (recomputed, exact)
     dV_j += P_ijᵀ dO_i,   dP_ij = dO_i V_jᵀ,   dS_ij = P_ij ⊙ (dP_ij − D_i)
     dQ_i += dS_ij K_j,    dK_j += dS_ijᵀ Q_i
+and, once block j's dK_j and dV_j are whole, their projections' backward at once:
+    ∂W_k += x_jᵀ dK_j,  ∂W_v += x_jᵀ dV_j,  ∂b_v += Σ dV_j,  ∂x_j = dK_j W_kᵀ + dV_j W_vᵀ
+and after the loop, for dQ (∂L/∂Q, so ∂L/∂(x W_q + b_q) = dQ / √d_h):
+    ∂W_q = xᵀ dQ / √d_h,  ∂b_q = Σ dQ / √d_h,  ∂x += dQ W_qᵀ / √d_h
+
+So neither pass holds [Q | K | V] or [∂Q | ∂K | ∂V] whole: the forward holds K and V, the
+backward Q, dO, dQ and ∂x (each (B, T, d)), plus one block's scores.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax.numpy as jnp
 from jax import lax
@@ -31,15 +42,33 @@ def _geometry(t: int, chunk: int) -> tuple[int, int]:
     return c, -(-t // c)
 
 
-def _padded(a, n: int, c: int):
-    """a with its sequence axis (2) zero-padded to n·c."""
-    extra = n * c - a.shape[2]
-    return a if not extra else jnp.pad(a, [(0, 0), (0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 3))
+def _padded(a, n: int, c: int, axis: int):
+    """a with its sequence axis zero-padded to n·c."""
+    extra = n * c - a.shape[axis]
+    if not extra:
+        return a
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, extra)
+    return jnp.pad(a, pad)
 
 
-def _block(a, b, c: int):
-    """Block b (c positions) of a's sequence axis (2)."""
-    return lax.dynamic_slice_in_dim(a, b * c, c, axis=2)
+def _block(a, b, c: int, axis: int = 1):
+    """Block b (c positions) of a's sequence axis."""
+    return lax.dynamic_slice_in_dim(a, b * c, c, axis=axis)
+
+
+def _split(a, h: int):
+    """(B, T, d) -> (B, T, h, d_h): the heads split in place (a reshape, no copy); the
+    products below take their blocks in this layout."""
+    b, t, d = a.shape
+    return a.reshape(b, t, h, d // h)
+
+
+def _after(x, y):
+    """x + (−0.0), the −0.0 computed from y: the same x, bit for bit, but a value that XLA
+    sees depending on y, so what is computed from it is not scheduled before y exists."""
+    y0 = y.reshape(-1)[0]
+    return x + (-jnp.abs(jnp.where(jnp.isfinite(y0), y0 * 0, 0))).astype(x.dtype)
 
 
 def _mask(i, j, c: int, t: int, causal: bool):
@@ -65,67 +94,105 @@ def _visit(body, carry, n: int, allowed):
     return lax.scan(step, carry, jnp.arange(n, dtype=jnp.int32))[0]
 
 
-def forward(q, k, v, *, chunk: int, causal: bool):
-    """(O, lse): O (B, H, T, D) in q's dtype, lse (B, H, T) in float32 or wider."""
-    b, h, t, d = q.shape
-    c, n = _geometry(t, chunk)
-    dtype, acc = q.dtype, at_least_float32(q.dtype)
-    q, k, v = (_padded(a.astype(acc), n, c) for a in (q, k, v))
+def _matmul(a, b, acc):
+    """a @ b accumulated and returned in `acc` (float32 at least: bf16 blocks summed)."""
+    return jnp.matmul(a, b, preferred_element_type=acc)
 
-    def query_block(_, i):
-        qi = _block(q, i, c)
+
+def forward(x, w, bias, *, heads: int, chunk: int, causal: bool):
+    """(O, lse): O (B, T, d) in x's dtype (before W_o), lse (B, h, T) in float32 or wider.
+
+    w = (W_q, W_k, W_v), each (d, d); bias = (b_q, b_v), each (d,)."""
+    (w_q, w_k, w_v), (b_q, b_v) = w, bias
+    b, t, d = x.shape
+    c, n = _geometry(t, chunk)
+    dtype, acc = x.dtype, at_least_float32(x.dtype)
+    scale = 1 / math.sqrt(d // heads)
+    xp = _padded(x, n, c, axis=1)
+    k = _split((xp @ w_k).astype(acc), heads)                      # K, V whole: every query
+    v = _split((xp @ w_v + b_v[None, None, :]).astype(acc), heads)  # block visits their blocks
+
+    def query_block(carry, i):
+        o_all, lse_all = carry
+        qi = _split((_block(xp, i, c) @ w_q + b_q[None, None, :]).astype(acc), heads) * scale
 
         def key_block(j, carry):
             m, ell, out = carry
-            s = jnp.einsum("bhqd,bhkd->bhqk", qi, _block(k, j, c))
+            s = jnp.einsum("bqhd,bkhd->bhqk", qi, _block(k, j, c))
             s = jnp.where(_mask(i, j, c, t, causal), s, -jnp.inf)
             m_new = jnp.maximum(m, jnp.max(s, axis=-1))  # finite: key 0 is always allowed
             p = jnp.exp(s - m_new[..., None])
             rescale = jnp.exp(m - m_new)
             ell = ell * rescale + jnp.sum(p, axis=-1)
-            out = out * rescale[..., None] + jnp.einsum("bhqk,bhkd->bhqd", p, _block(v, j, c))
+            out = out * rescale[..., None] + jnp.einsum("bhqk,bkhd->bhqd", p, _block(v, j, c))
             return m_new, ell, out
 
-        init = (jnp.full((b, h, c), -jnp.inf, acc), jnp.zeros((b, h, c), acc),
-                jnp.zeros((b, h, c, d), acc))
+        init = (jnp.full((b, heads, c), -jnp.inf, acc), jnp.zeros((b, heads, c), acc),
+                jnp.zeros((b, heads, c, d // heads), acc))
         m, ell, out = _visit(key_block, init, n, (lambda j: j <= i) if causal else lambda j: None)
-        return None, (out / ell[..., None], m + jnp.log(ell))
+        o_i = jnp.transpose(out / ell[..., None], (0, 2, 1, 3)).reshape(b, c, d)
+        o_all = lax.dynamic_update_slice_in_dim(o_all, o_i.astype(dtype), i * c, axis=1)
+        lse_all = lax.dynamic_update_slice_in_dim(lse_all, m + jnp.log(ell), i * c, axis=2)
+        return (o_all, lse_all), None
 
-    _, (o, lse) = lax.scan(query_block, None, jnp.arange(n, dtype=jnp.int32))
-    o = jnp.moveaxis(o, 0, 2).reshape(b, h, n * c, d)[:, :, :t]  # (n, B, H, c, D) → (B, H, T, D)
-    lse = jnp.moveaxis(lse, 0, 2).reshape(b, h, n * c)[:, :, :t]  # (n, B, H, c) → (B, H, T)
-    return o.astype(dtype), lse
+    init = (jnp.zeros((b, n * c, d), dtype), jnp.zeros((b, heads, n * c), acc))
+    (o, lse), _ = lax.scan(query_block, init, jnp.arange(n, dtype=jnp.int32))
+    return o[:, :t], lse[:, :, :t]
 
 
-def backward(q, k, v, o, lse, do, *, chunk: int, causal: bool):
-    """(dQ, dK, dV), each (B, H, T, D); dQ is ∂L/∂(q scaled)."""
-    b, h, t, d = q.shape
+def backward(x, w, bias, o, lse, do, *, heads: int, chunk: int, causal: bool):
+    """((∂W_q, ∂W_k, ∂W_v), (∂b_q, ∂b_v), ∂x) for dO = ∂L/∂O (B, T, d), O and lse from
+    `forward`. The gradients come in the params' dtype, ∂x in x's."""
+    (w_q, w_k, w_v), (b_q, b_v) = w, bias
+    b, t, d = x.shape
     c, n = _geometry(t, chunk)
-    dtype, acc = q.dtype, at_least_float32(q.dtype)
-    delta = jnp.einsum("bhtd,bhtd->bht", do.astype(acc), o.astype(acc))  # D = rowsum(dO ⊙ O)
-    q, k, v, do = (_padded(a.astype(acc), n, c) for a in (q, k, v, do))
-    lse, delta = (_padded(a[..., None], n, c) for a in (lse.astype(acc), delta))
+    dtype, acc = x.dtype, at_least_float32(x.dtype)
+    scale = 1 / math.sqrt(d // heads)
+    delta = jnp.sum(_split(do.astype(acc) * o.astype(acc), heads), axis=-1)  # D = rowsum(dO ⊙ O)
+    delta = _padded(jnp.transpose(delta, (0, 2, 1)), n, c, axis=2)            # (B, h, T)
+    lse = _padded(lse.astype(acc), n, c, axis=2)
+    xp = _padded(x, n, c, axis=1)
+    xq = _after(xp, delta)  # Q is recomputed here in the backward, not hoisted into the forward
+    q = _split((xq @ w_q + b_q[None, None, :]).astype(acc), heads) * scale  # Q, dO whole: every
+    do = _split(_padded(do, n, c, axis=1).astype(acc), heads)  # key block visits their blocks
 
-    def key_block(dq, j):
-        kj, vj = _block(k, j, c), _block(v, j, c)
+    def key_block(carry, j):
+        dq, dx, dw_k, dw_v, db_v = carry
+        xj = _block(xp, j, c)
+        kj = _split((xj @ w_k).astype(acc), heads)
+        vj = _split((xj @ w_v + b_v[None, None, :]).astype(acc), heads)
 
         def query_block(i, carry):
             dk, dv, dq = carry
-            qi, doi, lse_i, delta_i = (_block(a, i, c) for a in (q, do, lse, delta))
-            s = jnp.einsum("bhqd,bhkd->bhqk", qi, kj)
+            qi, doi = _block(q, i, c), _block(do, i, c)
+            lse_i, delta_i = (_block(a, i, c, axis=2)[..., None] for a in (lse, delta))
+            s = jnp.einsum("bqhd,bkhd->bhqk", qi, kj)
             p = jnp.where(_mask(i, j, c, t, causal), jnp.exp(s - lse_i), 0)
-            dv = dv + jnp.einsum("bhqk,bhqd->bhkd", p, doi)
-            dp = jnp.einsum("bhqd,bhkd->bhqk", doi, vj)
+            dv = dv + jnp.einsum("bhqk,bqhd->bkhd", p, doi)
+            dp = jnp.einsum("bqhd,bkhd->bhqk", doi, vj)
             ds = p * (dp - delta_i)
-            dq_i = _block(dq, i, c) + jnp.einsum("bhqk,bhkd->bhqd", ds, kj)
-            dq = lax.dynamic_update_slice_in_dim(dq, dq_i, i * c, axis=2)
-            dk = dk + jnp.einsum("bhqk,bhqd->bhkd", ds, qi)
+            dq = lax.dynamic_update_slice_in_dim(
+                dq, _block(dq, i, c) + jnp.einsum("bhqk,bkhd->bqhd", ds, kj), i * c, axis=1)
+            dk = dk + jnp.einsum("bhqk,bqhd->bkhd", ds, qi)
             return dk, dv, dq
 
         dk, dv, dq = _visit(query_block, (jnp.zeros_like(kj), jnp.zeros_like(vj), dq), n,
                             (lambda i: i >= j) if causal else lambda i: None)
-        return dq, (dk, dv)
+        # dK_j, dV_j whole: their projections' backward now, x_j's rows of ∂x written once
+        xj, dk, dv = (a.reshape(b * c, d) for a in (xj, dk.astype(dtype), dv.astype(dtype)))
+        dw_k = dw_k + _matmul(xj.T, dk, acc)
+        dw_v = dw_v + _matmul(xj.T, dv, acc)
+        db_v = db_v + jnp.sum(dv.astype(acc), axis=0)
+        dxj = (dk @ w_k.T + dv @ w_v.T).reshape(b, c, d)
+        return (dq, lax.dynamic_update_slice_in_dim(dx, dxj, j * c, axis=1),
+                dw_k, dw_v, db_v), None
 
-    dq, (dk, dv) = lax.scan(key_block, jnp.zeros_like(q), jnp.arange(n, dtype=jnp.int32))
-    dk, dv = (jnp.moveaxis(a, 0, 2).reshape(b, h, n * c, d) for a in (dk, dv))
-    return tuple(a[:, :, :t].astype(dtype) for a in (dq, dk, dv))
+    wacc = jnp.zeros((d, d), acc)
+    init = (jnp.zeros_like(q), jnp.zeros((b, n * c, d), dtype), wacc, wacc, jnp.zeros(d, acc))
+    (dq, dx, dw_k, dw_v, db_v), _ = lax.scan(key_block, init, jnp.arange(n, dtype=jnp.int32))
+    dq = (dq[:, :t] * scale).astype(dtype).reshape(b * t, d)   # ∂L/∂(x W_q + b_q)
+    dw_q = _matmul(x.reshape(b * t, d).T, dq, acc)
+    dx = dx[:, :t] + (dq @ w_q.T).reshape(b, t, d)
+    pdtype = w_q.dtype
+    return ((dw_q.astype(pdtype), dw_k.astype(pdtype), dw_v.astype(pdtype)),
+            (jnp.sum(dq.astype(acc), axis=0).astype(pdtype), db_v.astype(pdtype)), dx)

@@ -63,6 +63,14 @@ def _qkv(params):
     return w, b
 
 
+def _projections(params):
+    return params["w_q"], params["w_k"], params["w_v"]
+
+
+def _biases(params):
+    return params["b_q"], params["b_v"]
+
+
 def _causal(t: int):
     """(T, T) booleans, True where key j ≤ query i (built from iotas inside the program)."""
     return lax.broadcasted_iota(jnp.int32, (t, t), 0) >= lax.broadcasted_iota(jnp.int32, (t, t), 1)
@@ -146,15 +154,16 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
         check_input(name, x, last_dim=d)
         _check_heads(name, d, num_heads)
         b, t, _ = x.shape
+        if chunk_size:  # the projections inside the blocks' loops: see fbp.layers._chunked
+            o, lse = _chunked.forward(x, _projections(params), _biases(params),
+                                      heads=num_heads, chunk=chunk_size, causal=causal)
+            o = o.reshape(b * t, d)
+            y = o @ params["w_o"] + params["b_o"][None, :]
+            return y.reshape(x.shape), (x, o, lse)
         scale = 1 / math.sqrt(d // num_heads)
         w, bias = _qkv(params)
         q, k, v = _heads(x.reshape(b * t, d) @ w + bias[None, :], b, t, 3, num_heads)
         q = q * scale
-        if chunk_size:
-            o, lse = _chunked.forward(q, k, v, chunk=chunk_size, causal=causal)
-            o = _rows(o)
-            y = o @ params["w_o"] + params["b_o"][None, :]
-            return y.reshape(x.shape), (x, o, lse)
         s = jnp.einsum("bhid,bhjd->bhij", q, k)
         if causal:
             s = jnp.where(_causal(t)[None, None], s, -jnp.inf)  # diagonal kept: rowmax finite
@@ -169,27 +178,25 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
         x, o = res[0], res[-2 if chunk_size else -1]
         b, t, d = x.shape
         x, g = x.reshape(b * t, d), g.reshape(b * t, d)
-        scale = 1 / math.sqrt(d // num_heads)
-        w, bias = _qkv(params)
         grads = {"w_o": o.T @ g, "b_o": jnp.sum(g, axis=0)}
         do = g @ params["w_o"].T
         if chunk_size:  # the blocks of P recomputed from lse, one at a time
-            lse = res[2]
-            q, k, v = _heads(x @ w + bias[None, :], b, t, 3, num_heads)
-            (do,) = _heads(do, b, t, 1, num_heads)
-            (o,) = _heads(o, b, t, 1, num_heads)
-            dq, dk, dv = _chunked.backward(q * scale, k, v, o, lse, do, chunk=chunk_size,
-                                           causal=causal)
-        else:
-            _, q, k, v, e, r, _ = res
-            (do,) = _heads(do, b, t, 1, num_heads)
-            do = do * r                                              # r ⊙ ∂O
-            dv = jnp.einsum("bhij,bhid->bhjd", e, do)                # Eᵀ (r ⊙ ∂O)
-            dp = jnp.einsum("bhid,bhjd->bhij", do, v)                # r ⊙ ∂P
-            ds = e * (dp - r * jnp.sum(e * dp, axis=-1, keepdims=True))  # softmax VJP
-            dq = jnp.einsum("bhij,bhjd->bhid", ds, k)                # ∂S K
-            dk = jnp.einsum("bhij,bhid->bhjd", ds, q)                # ∂Sᵀ Q / √d_h
-        dqkv = _rows(dq * scale, dk, dv)                              # (B·T, 3d)
+            (dw_q, dw_k, dw_v), (db_q, db_v), dx = _chunked.backward(
+                x.reshape(b, t, d), _projections(params), _biases(params), o.reshape(b, t, d), res[2],
+                do.reshape(b, t, d), heads=num_heads, chunk=chunk_size, causal=causal)
+            grads.update(w_q=dw_q, w_k=dw_k, w_v=dw_v, b_q=db_q, b_v=db_v)
+            return grads, dx
+        scale = 1 / math.sqrt(d // num_heads)
+        w, bias = _qkv(params)
+        _, q, k, v, e, r, _ = res
+        (do,) = _heads(do, b, t, 1, num_heads)
+        do = do * r                                              # r ⊙ ∂O
+        dv = jnp.einsum("bhij,bhid->bhjd", e, do)                # Eᵀ (r ⊙ ∂O)
+        dp = jnp.einsum("bhid,bhjd->bhij", do, v)                # r ⊙ ∂P
+        ds = e * (dp - r * jnp.sum(e * dp, axis=-1, keepdims=True))  # softmax VJP
+        dq = jnp.einsum("bhij,bhjd->bhid", ds, k)                # ∂S K
+        dk = jnp.einsum("bhij,bhid->bhjd", ds, q)                # ∂Sᵀ Q / √d_h
+        dqkv = _rows(dq * scale, dk, dv)                          # (B·T, 3d)
         dw = x.T @ dqkv
         db = jnp.sum(dqkv, axis=0)
         grads.update(w_q=dw[:, :d], w_k=dw[:, d:2 * d], w_v=dw[:, 2 * d:],
