@@ -110,8 +110,10 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
     chunk_size=c: the same function and gradients, but P is never formed whole. The forward
     runs an online softmax over blocks of c keys and keeps only O and the per-row
     log-sum-exp; the backward recomputes each (c × c) block of P from them (FlashAttention;
-    see `fbp.layers._chunked`). Memory O(T·c) instead of O(T²); with `causal`, the blocks
-    above the diagonal are skipped. T need not be a multiple of c.
+    see `fbp.layers._chunked`), with the projections done block by block inside the loops
+    (neither [Q | K | V] nor its gradient is held whole in the backward). Memory O(T·d + c²)
+    per head instead of O(T²); with `causal`, the blocks above the diagonal are skipped. T
+    need not be a multiple of c.
     """
     if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads <= 0:
         raise ValueError(f"multi_head_attention: num_heads must be a positive int, "
