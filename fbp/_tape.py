@@ -40,6 +40,7 @@ class Tape:
     def __init__(self):
         self.calls: dict[str, Call] = {}
         self._path: list[str] = []
+        self.loss: Any = None  # the loss of the recorded pass, set by `recorded_pass`
 
     @property
     def path(self) -> str:

@@ -23,8 +23,9 @@ import threading
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,28 @@ PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.safetensors"  # the one before, kept
 class NonFiniteError(FloatingPointError):
     """`fit` stopped: the training loss or the parameters became NaN/Inf. `.state` is the
     last finite TrainState (the state before the bad epoch), `.history` the history up to it
-    (`history["stopped"] == "nonfinite"`)."""
+    (`history["stopped"] == "nonfinite"`).
+
+    A `FloatingPointError`; the checkpoint in fit's `checkpoint_dir`, if any, is left as it
+    was.
+
+    Attributes:
+        state (TrainState): the last finite state: the one the bad epoch began from.
+        history (dict): fit's history up to that state (the bad epoch is not in it), with
+            `history["stopped"] == "nonfinite"`; with `diagnostics_every`, its diagnostics
+            keep the bad epoch's records, which show where it blew up.
+
+    Examples:
+        >>> import numpy as np, optax
+        >>> from fbp import layers as L, losses
+        >>> from fbp.train import NonFiniteError, fit
+        >>> x, y = np.ones((8, 3), np.float32), np.full((8, 1), 1e3, np.float32)
+        >>> try:                            # a learning rate far too large: the loss overflows
+        ...     fit(L.dense(1), losses.mse, optax.sgd(1e30), (x, y), epochs=3, progress=False)
+        ... except NonFiniteError as e:
+        ...     print(e.history["stopped"], e.history["epoch"], int(e.state.step))
+        nonfinite [1] 1
+    """
 
     def __init__(self, message: str, *, state, history: dict):
         super().__init__(message)
@@ -58,11 +80,50 @@ class NonFiniteError(FloatingPointError):
 
 class Interrupted(KeyboardInterrupt):
     """`fit` was interrupted (Ctrl-C). `.state` is the TrainState after the last complete
-    epoch, `.history` its history (`history["stopped"] == "interrupted"`)."""
+    epoch, `.history` its history (`history["stopped"] == "interrupted"`).
+
+    A `KeyboardInterrupt`, so code that does not catch it stops as on any Ctrl-C.
+
+    Attributes:
+        state (TrainState): the state after the last complete epoch; with a
+            `checkpoint_dir` (within one process) it is written there first, so that the
+            same fit call, run again, resumes from it.
+        history (dict): its history, with `history["stopped"] == "interrupted"`.
+
+    Examples:
+        A Ctrl-C in the third epoch, played here by a stream of batches that raises
+        KeyboardInterrupt when asked for that epoch's batches:
+
+        >>> import numpy as np, optax
+        >>> from fbp import layers as L, losses
+        >>> from fbp.train import Interrupted, fit
+        >>> rng = np.random.default_rng(0)
+        >>> x, y = rng.normal(size=(16, 4)).astype(np.float32), rng.integers(0, 3, 16)
+        >>> def batches(epoch):
+        ...     if epoch == 2:
+        ...         raise KeyboardInterrupt
+        ...     yield x, y
+        >>> net = L.serial(L.dense(4), L.relu(), L.dense(3))
+        >>> try:
+        ...     fit(net, losses.softmax_cross_entropy, optax.sgd(0.1), batches, epochs=5,
+        ...         progress=False)
+        ... except Interrupted as e:
+        ...     print(e.history["stopped"], e.history["epoch"], int(e.state.step))
+        interrupted [1, 2] 2
+    """
 
     def __init__(self, message: str, *, state, history: dict):
         super().__init__(message)
         self.state, self.history = state, history
+
+
+class _Best(TypedDict):
+    """fit's best epoch by validation loss (with val_data): its loss, the epochs since it,
+    and its (params, net state) — None until a validation loss is the best."""
+
+    val_loss: float
+    bad_epochs: int
+    params: tuple[Params, State] | None
 
 
 class TrainState(NamedTuple):
@@ -70,7 +131,26 @@ class TrainState(NamedTuple):
 
     params are trained by the optimizer; net_state (the running statistics of batch_norm,
     {} for a stateless net) is set by each training pass and never touched by the
-    optimizer."""
+    optimizer.
+
+    Attributes:
+        params: the parameters, a pytree as the net's `init` makes it.
+        net_state: the net's state: batch_norm's running statistics, `{}` for a stateless
+            net.
+        opt_state: the optimizer's state, of `params` only.
+        step: the number of steps taken, an int32 scalar array.
+        key: the PRNG key that dropout draws from; split once per step.
+
+    Examples:
+        >>> import jax, optax
+        >>> from fbp import layers as L
+        >>> from fbp.train import init_state
+        >>> state = init_state(L.dense(2), optax.sgd(0.1), jax.random.key(0), (4, 3))
+        >>> state._fields
+        ('params', 'net_state', 'opt_state', 'step', 'key')
+        >>> int(state.step), state.net_state
+        (0, {})
+    """
 
     params: Params
     net_state: State
@@ -82,7 +162,36 @@ class TrainState(NamedTuple):
 def init_state(net: Layer, optimizer: optax.GradientTransformation, key: jax.Array,
                input_shape: tuple[int, ...]) -> TrainState:
     """Initial parameters (shapes inferred from `input_shape`, batch first), the net's state
-    and the optimizer's state (of the params only)."""
+    and the optimizer's state (of the params only).
+
+    Args:
+        net: the network.
+        optimizer: an optax optimizer, e.g. `optax.adam(1e-3)`; its state is built for the
+            parameters.
+        key: a PRNG key, e.g. `jax.random.key(0)`, split in two: one draws the
+            parameters, the other becomes the state's `key` (for dropout).
+        input_shape: the shape of a batch of inputs, batch first: (batch, features) for a
+            dense net, (batch, height, width, channels) for conv2d; the parameters do not
+            depend on the batch size.
+
+    Returns:
+        The `TrainState` at step 0.
+
+    Raises:
+        ValueError: `input_shape` does not suit the net (each layer checks the shape it
+            receives and names the mismatch, e.g. conv2d one of rank other than 4).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from fbp import layers as L
+        >>> from fbp.train import init_state
+        >>> net = L.serial(L.dense(4), L.relu(), L.dense(2))
+        >>> state = init_state(net, optax.adam(1e-3), jax.random.key(0), (8, 3))
+        >>> jax.tree.map(jnp.shape, state.params)   # one entry per layer; relu has none
+        ({'b': (4,), 'w': (3, 4)}, {}, {'b': (2,), 'w': (4, 2)})
+        >>> int(state.step), state.net_state
+        (0, {})
+    """
     init_key, key = jax.random.split(key)
     _, params, net_state = init_with_state(net, init_key, input_shape)
     return TrainState(params, net_state, optimizer.init(params), jnp.zeros([], jnp.int32), key)
@@ -121,7 +230,8 @@ def _train_step(net: Layer, loss: Loss, optimizer, grad: str, precision: str | N
                                        train=True, state=state.net_state)
             stats = _diagnostics.layer_stats(tape, diagnostics, histograms=histograms)
             root = tape.calls[""]
-            value, grads, net_state = (tape.loss, root.grads, root.new_state) if reuse else plain()
+            value, grads, net_state = ((tape.loss, root.grads, root.new_state) if reuse
+                                       else plain())
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": value}
@@ -137,12 +247,44 @@ def _train_step(net: Layer, loss: Loss, optimizer, grad: str, precision: str | N
 
 
 def global_norm(tree) -> jax.Array:
-    """‖g‖₂ over every leaf of a pytree: √(Σ g²)."""
+    """‖g‖₂ over every leaf of a pytree: √(Σ g²).
+
+    Args:
+        tree (pytree): arrays, e.g. gradients or parameters, in any nesting of tuples,
+            lists and dicts.
+
+    Returns:
+        The norm, a scalar array (0 for a tree without leaves).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from fbp.train import global_norm
+        >>> float(global_norm({"a": jnp.array([3.0]), "b": [jnp.array([[4.0]])]}))  # √(9 + 16)
+        5.0
+    """
     return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(tree)))
 
 
 def data_mesh(devices) -> Mesh:
-    """A one-axis mesh ("data") over `devices` (a sequence of jax devices, or a count)."""
+    """A one-axis mesh ("data") over `devices` (a sequence of jax devices, or a count).
+
+    Args:
+        devices (int | Sequence[jax.Device]): a count n, for the first n of
+            `jax.devices()`, or the devices themselves; on several processes (after
+            `jax.distributed.initialize`), `jax.devices()` holds those of all of them.
+
+    Returns:
+        A mesh of shape (len(devices),), its one axis named "data".
+
+    Raises:
+        ValueError: a count below 1 or above `jax.device_count()`, or no devices.
+
+    Examples:
+        >>> from fbp.train import data_mesh
+        >>> mesh = data_mesh(1)
+        >>> mesh.axis_names, mesh.devices.size
+        (('data',), 1)
+    """
     if isinstance(devices, int):
         if not 0 < devices <= jax.device_count():
             raise ValueError(f"devices={devices}: this process sees {jax.device_count()} "
@@ -155,7 +297,30 @@ def data_mesh(devices) -> Mesh:
 
 
 def shard_batch(mesh: Mesh, a: jax.Array, axis: int = 0) -> jax.Array:
-    """Constrain `a` to be split along `axis` over the mesh's data axis (inside jit)."""
+    """Constrain `a` to be split along `axis` over the mesh's data axis (inside jit).
+
+    Args:
+        mesh: the mesh, e.g. from `data_mesh`; its first axis is the data axis.
+        a: the array to split, typically a batch of inputs or targets being traced by
+            `jax.jit`.
+        axis: the axis to split (default 0, the batch axis); its size must divide by the
+            mesh's device count.
+
+    Returns:
+        `a`, constrained to equal slices along `axis`, one per device of the mesh; XLA
+            partitions the computation on it accordingly.
+
+    Raises:
+        ValueError: `a.shape[axis]` does not divide by the number of devices of the mesh.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp.train import data_mesh, shard_batch
+        >>> mesh = data_mesh(1)
+        >>> double = jax.jit(lambda a: 2 * shard_batch(mesh, a))
+        >>> double(jnp.ones((4, 3))).shape
+        (4, 3)
+    """
     n = mesh.devices.size
     if a.shape[axis] % n:
         raise ValueError(f"batch size {a.shape[axis]} does not divide by the {n} devices of "
@@ -170,7 +335,27 @@ def replicate(mesh: Mesh | None, tree):
 
     On a mesh that spans several processes (multi-controller JAX, after
     `jax.distributed.initialize`), every process calls this with the same values and each
-    puts its copy on its own devices of the mesh; the result is one global array per leaf."""
+    puts its copy on its own devices of the mesh; the result is one global array per leaf.
+
+    Args:
+        mesh: the mesh, e.g. from `data_mesh`, or None.
+        tree (pytree): arrays, e.g. a `TrainState` before `make_step(..., mesh=mesh)`
+            runs on it; on several processes, the same values in each.
+
+    Returns:
+        (pytree): The tree, each leaf a jax array replicated on every device of the
+            mesh; `tree` itself when `mesh` is None.
+
+    Examples:
+        >>> import numpy as np
+        >>> from fbp.train import data_mesh, replicate
+        >>> tree = {"w": np.ones((2, 3), np.float32)}
+        >>> on_mesh = replicate(data_mesh(1), tree)
+        >>> on_mesh["w"].shape, on_mesh["w"].sharding.is_fully_replicated
+        ((2, 3), True)
+        >>> replicate(None, tree) is tree
+        True
+    """
     if mesh is None:
         return tree
     sharding = NamedSharding(mesh, P())
@@ -229,7 +414,9 @@ def _any_process(flag: bool, mesh: Mesh | None) -> bool:
 
 def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, *,
               grad: str = "manual", precision: str | None = None, mesh: Mesh | None = None,
-              l2: float = 0.0, grad_norm: bool = False):
+              l2: float = 0.0, grad_norm: bool = False
+              ) -> Callable[[TrainState, Any, Any],
+                                            tuple[TrainState, dict[str, jax.Array]]]:
     """A jitted `step(state, x, y) -> (state, metrics)`; the state's buffers are donated.
 
     metrics: `loss` (before the update), and with grad_norm=True `grad_norm` (‖g‖₂ over all
@@ -238,6 +425,31 @@ def make_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, *
     parameters (see `fbp.value_and_grad`). mesh: data-parallel over its devices (put the
     state there with `replicate(mesh, state)`); the batch size must divide by their count.
     l2=λ adds λ/2·Σ‖W‖² over the weight matrices and kernels to the loss (`fbp.l2_penalty`).
+
+    Args:
+        net: the network.
+        loss: the loss, e.g. `losses.mse` or `losses.softmax_cross_entropy`.
+        optimizer: an optax optimizer; the state's `opt_state` must be its state (as
+            `init_state` builds it).
+        grad: "manual" (default: the hand-written backward passes) or "auto"
+            (`jax.grad`); nothing else differs.
+        precision: None (default: compute in the parameters' dtype) or "bf16".
+        mesh: data-parallel over this mesh's devices (`data_mesh`); None (default): no
+            mesh.
+        l2: λ ≥ 0 of the penalty λ/2·Σ‖W‖²; default 0.0, none.
+        grad_norm: also report ‖g‖₂ as `metrics["grad_norm"]`; default False.
+
+    Returns:
+        `step(state, x, y) -> (state, metrics)`, jitted: one update on the batch `x`, `y`
+            (batch first). The state passed in is donated (its buffers may be reused), so
+            keep only the one it returns; `metrics["loss"]` is the loss before the update,
+            a scalar array.
+
+    Raises:
+        TypeError: `net` is not an fbp Layer, or `loss` not an fbp Loss.
+        ValueError: an unknown `grad` or `precision`, or a negative `l2`; and, when
+            `step` is called with a mesh, a batch size that does not divide by its
+            device count.
 
     Examples:
         >>> import jax, numpy as np, optax
@@ -287,6 +499,34 @@ def evaluate(net: Layer, loss: Loss, params: Params | TrainState, x, y=None, *,
     (in a stream, before the batch that holds them). With the state of a fit over several
     processes, each process runs on its own first device, with its copy of the parameters,
     on the data it passes.
+
+    Args:
+        net: the network.
+        loss: the loss to report, e.g. the one trained with.
+        params: the `TrainState` that `fit` returns, or bare parameters.
+        x (ArrayLike | stream): the inputs, (n, ...) with n > 0 (floating x is cast to the
+            parameters' dtype), or, with `y` left out, a stream of (x, y) batches.
+        y (ArrayLike | None): the targets, (n, ...): integer class labels or arrays shaped
+            like the net's output; None (default) when `x` is a stream.
+        state: the net's state, for bare `params` of a stateful net (batch_norm); None
+            (default) otherwise.
+        batch_size: how many rows of the arrays each jitted pass takes (default 4096;
+            None: all at once); it bounds the memory, not the result. Unused for a stream.
+
+    Returns:
+        `{"loss": ...}`, and `"accuracy"` (the fraction of argmax predictions equal to
+            their label, among the labels not ignored) when `y` holds integer class
+            labels; Python floats.
+
+    Raises:
+        ValueError: `batch_size` is not a positive int or None; x and y are empty or of
+            different lengths; token ids outside an input embedding's vocabulary, or
+            labels outside [0, classes); a stream that gives no batches, or whose
+            batches change their example shape or hold NaN/Inf; bare `params` of a
+            stateful net without `state=`, or a TrainState with `state=`.
+        TypeError: `x` alone is not a stream of batches (a one-shot iterator is refused:
+            pass a function that returns one), or a stream gives something other than
+            an (x, y) pair of numeric arrays.
 
     Examples:
         >>> import jax, numpy as np, optax
@@ -348,6 +588,22 @@ def predict(net: Layer, params: Params | TrainState, x, *, state: State = None) 
     stateful net). Token ids outside an input embedding's vocabulary are refused. With the
     state of a fit over several processes, each process runs on its own first device and
     gets an array there.
+
+    Args:
+        net: the network.
+        params: the `TrainState` that `fit` returns, or bare parameters.
+        x (ArrayLike): the inputs, batch first, e.g. (n, features) or NHWC images.
+        state: the net's state, for bare `params` of a stateful net (batch_norm); None
+            (default) otherwise.
+
+    Returns:
+        The net's output for `x`, e.g. (n, classes) logits, from one jitted pass with
+            training off (no dropout; batch_norm uses its running statistics).
+
+    Raises:
+        ValueError: `x` does not suit the net (the layer names the mismatch), or holds
+            token ids outside an input embedding's vocabulary; bare `params` of a
+            stateful net without `state=`, or a TrainState with `state=`.
 
     Examples:
         >>> import jax, numpy as np, optax
@@ -511,7 +767,7 @@ def _check_same_data(mesh: Mesh | None, arrays) -> None:
     digest = hashlib.sha256()
     for a in arrays:
         digest.update(f"{a.dtype.str}{a.shape}".encode())
-        digest.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+        digest.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
     mine = np.frombuffer(digest.digest(), np.uint8)
     every = np.asarray(multihost_utils.process_allgather(mine))
     differ = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
@@ -556,6 +812,16 @@ def _scan_suits(step, state: TrainState, x, y, batch_size: int, mesh: Mesh | Non
     return "conv_general_dilated" not in str(jax.make_jaxpr(step)(state, *batch))
 
 
+class _RecordedEpoch(NamedTuple):
+    """An epoch that records diagnostics (`_epoch_fn` with recorded steps): `run(state, x,
+    y, epoch)` as the plain epoch function, with its steps 0, k, 2k, ... recorded (k =
+    `every`), and `snapshot(state, x, y, epoch)`, the histograms its first step records."""
+
+    run: Callable[..., Any]
+    snapshot: Callable[..., Any]
+    every: int
+
+
 def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh | None = None,
               recorded_steps=None, every: int | None = None):
     """One epoch: shuffle, cut into n // batch_size batches (the remainder waits for the next
@@ -569,15 +835,16 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
     With `recorded_steps` = (the recorded step, the same with histograms) for diagnostics,
     the epoch's steps 0, k, 2k, ... (k = `every`) are recorded and the others are plain:
     the epoch runs as chunks of one recorded step and k − 1 plain steps, so a plain step
-    costs what it costs without diagnostics. `run.snapshot(state, x, y, epoch)` gives the
-    histograms that the epoch's first step would record (its update is not kept).
-    Returns (state, mean loss, the epoch's records or None); on a mesh all of them
-    replicated, so that every process can read them.
+    costs what it costs without diagnostics; the result is then a `_RecordedEpoch`, whose
+    `snapshot(state, x, y, epoch)` gives the histograms that the epoch's first step would
+    record (its update is not kept). The epoch function (or its `run`) returns (state,
+    mean loss, the epoch's records or None); on a mesh all of them replicated, so that
+    every process can read them.
     """
     steps = n // batch_size
     full_batch = batch_size == n
     # on a mesh, what an epoch returns is replicated: readable by every process
-    out = {} if mesh is None else {"out_shardings": NamedSharding(mesh, P())}
+    out: dict[str, Any] = {} if mesh is None else {"out_shardings": NamedSharding(mesh, P())}
 
     def order(epoch):
         """The epoch's batches as rows of indices into the data set, (steps, batch_size);
@@ -654,17 +921,14 @@ def _epoch_fn(step, n: int, batch_size: int, shuffle_key, scan: bool, mesh: Mesh
     run = jax.jit(scanned, **out) if scan else looped
     if recorded is None:
         return run
+    assert every is not None, "_epoch_fn: recorded_steps come with `every`"
 
     def snapshot(state, x, y, epoch):
         idx = order(epoch)[0]
         d = with_histograms(state, rows(x, idx), rows(y, idx))[1]["diagnostics"]
         return {"step": d["step"], **{k: d["stats"][k] for k in ("act_hist", "grad_hist")}}
 
-    def with_snapshot(state, x, y, epoch):
-        return run(state, x, y, epoch)
-
-    with_snapshot.snapshot = jax.jit(snapshot, **out)
-    return with_snapshot
+    return _RecordedEpoch(run, jax.jit(snapshot, **out), every)
 
 
 # --- streams: (x, y) batches, re-iterated each epoch ------------------------------------------
@@ -921,6 +1185,67 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
       `fbp.plot.diagnostics` draws them. The other steps are the plain step. None
       (default): no recording at all.
 
+    Args:
+        net: the network to train.
+        loss: the loss, e.g. `losses.softmax_cross_entropy` (integer class labels) or
+            `losses.mse`.
+        optimizer: an optax optimizer, e.g. `optax.adam(1e-3)`.
+        train_data (tuple | stream): an `(x, y)` pair of numeric arrays with the same
+            number of examples (the first axis): x (n, ...), floating x cast to the
+            parameters' dtype; y integer class labels (n, ...) or targets shaped like the
+            net's output. Or a stream of `(x, y)` batches (above).
+        epochs: how many epochs to train, in all: a resumed run goes on to this many.
+        batch_size: None (default): full batch; b: mini-batches of b examples (at most
+            the number of examples). None for a stream.
+        grad: "manual" (default: the hand-written backward passes) or "auto"
+            (`jax.grad`).
+        seed: seeds the initial parameters, the shuffles and dropout; default 0.
+        val_data (tuple | stream | None): arrays or a stream, as `train_data`, evaluated
+            with training off after every epoch; None (default): no validation.
+        stop_at_loss: stop once an epoch's mean training loss falls below it; None
+            (default): no such stop.
+        patience: with `val_data`, stop after this many epochs without a better
+            validation loss and return the best parameters; None (default): no early
+            stopping.
+        checkpoint_dir: the folder to write checkpoints to and resume from; None
+            (default): no checkpoints.
+        checkpoint_every: write a checkpoint every this many epochs (default 1), and at
+            the end.
+        progress: draw a progress bar over the epochs on stderr (default True).
+        epoch_mode: "auto" (default), "scan" or "steps" (above).
+        devices (int | Sequence[jax.Device] | None): train data-parallel over these
+            devices, or over the first this many; None (default): on the default device.
+        precision: None (default: compute in the parameters' dtype) or "bf16".
+        l2: λ ≥ 0 of the penalty λ/2·Σ‖W‖² in the training loss; default 0.0, none.
+        diagnostics_every: record per-layer statistics every k-th step into
+            `history["diagnostics"]` (above); None (default): no recording.
+
+    Returns:
+        The final `TrainState` (with `patience`, the best epoch's parameters and net
+            state), as device arrays, and the history: a dict with the per-epoch lists
+            `epoch`, `train_loss`, `time_s` (seconds) and, with `val_data`, `val_loss`
+            and `val_accuracy` (NaN without class labels); `stopped` (why it ended);
+            `epoch_mode` (which ran); with `diagnostics_every`, `diagnostics`.
+
+    Raises:
+        ValueError: an argument out of range: `epochs`, `batch_size` (larger than the
+            data, or given with a stream), `checkpoint_every`, `patience` (or patience
+            without `val_data`), `diagnostics_every`, `epoch_mode`, `grad`, `precision`,
+            `l2`; data that is empty, holds NaN/Inf, has x and y of different lengths, labels
+            outside [0, classes) or token ids outside an embedding's vocabulary;
+            `val_data` of another example shape; a stream's batch of other shapes or
+            dtypes than batch 1 (but a smaller last one); a batch size that does not
+            divide by the device count; a `checkpoint_dir` that is a file, or whose
+            checkpoint another run setup wrote.
+        TypeError: `net` is not an fbp Layer, or `loss` not an fbp Loss; `train_data`
+            is neither an (x, y) pair of arrays nor a stream (a one-shot iterator is
+            refused); data that is not numeric.
+        PermissionError: `checkpoint_dir` cannot be written.
+        fbp.checkpoint.CheckpointError: neither the checkpoint in `checkpoint_dir` nor
+            the previous one can be read (a ValueError).
+        NonFiniteError: the training loss or the parameters became NaN/Inf.
+        Interrupted: Ctrl-C during training.
+
     Examples:
         >>> import numpy as np, optax
         >>> from fbp import layers as L, losses
@@ -978,6 +1303,7 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         x_np = np.asarray(train_data[0]) if isinstance(train_data, (tuple, list)) else None
         if x_np is None or x_np.ndim == 0 or x_np.shape[0] == 0:
             _check_data("train_data", train_data, None, loss)  # raises the precise error
+            raise AssertionError("unreachable: _check_data refuses such train_data")
         n = len(x_np)
         batch = n if batch_size is None else batch_size
         if batch > n:
@@ -1013,6 +1339,9 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     compute_dtype(precision)  # validates
     input_shape = (batch,) + x_np.shape[1:]
     out_shape = _output_shape(net, input_shape)
+    # the training data (batch 1 of a stream): checked host arrays, later (arrays) on the device
+    x: np.ndarray | jax.Array
+    y: np.ndarray | jax.Array
     if stream is None:
         x, y = _check_data("train_data", train_data, out_shape, loss, net)
     else:
@@ -1038,12 +1367,13 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
     history: dict[str, Any] = {"epoch": [], "train_loss": [], "time_s": []}
     if val_data is not None:
         history.update(val_loss=[], val_accuracy=[])
-    best = {"val_loss": math.inf, "params": None, "bad_epochs": 0}
+    best: _Best = {"val_loss": math.inf, "params": None, "bad_epochs": 0}
 
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     start, rotate = 0, True  # rotate: the latest file is good, keep it as the previous one
-    resumed = ckpt_path is not None and (ckpt_path.exists() or _previous(ckpt_path).exists())
-    if resumed:
+    resumed = False
+    if ckpt_path is not None and (ckpt_path.exists() or _previous(ckpt_path).exists()):
+        resumed = True
         start, state, history, best, rotate = _resume(ckpt_path, state, config)
     if ckpt_path is not None and _spans_processes(mesh):
         _check_same_start(ckpt_path.parent, start)
@@ -1053,7 +1383,8 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
                 history["stopped"] = "epochs"
             return _result(mesh, state, best, patience), history
 
-    recorder = None
+    recorder: _diagnostics.Recorder | None = None
+    recorded_epoch: _RecordedEpoch | None = None  # the epoch that records, with the recorder
     step = _train_step(net, loss, optimizer, grad, precision, mesh, l2)
     epoch_rows = {"rows": 0}  # the examples of the last epoch, for samples/s
     if stream is None:
@@ -1069,12 +1400,13 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         scan = epoch_mode == "scan" or (epoch_mode == "auto" and _scan_suits(step, state, x, y,
                                                                              batch, mesh))
         run_epoch = _epoch_fn(step, n, batch, shuffle_key, scan, mesh)
-        run_recorded_epoch = (_epoch_fn(step, n, batch, shuffle_key, scan, mesh, recorded_steps,
-                                        diagnostics_every) if recorder else None)
+        if recorder:
+            recorded_epoch = _epoch_fn(step, n, batch, shuffle_key, scan, mesh, recorded_steps,
+                                       diagnostics_every)
         epoch_rows["rows"] = (n // batch) * batch
     else:  # a Python loop of the jitted step over each epoch's batches, put on the device
-        scan, run_recorded_epoch = False, None
-        out = {} if mesh is None else {"out_shardings": NamedSharding(mesh, P())}
+        scan = False
+        out: dict[str, Any] = {} if mesh is None else {"out_shardings": NamedSharding(mesh, P())}
         stream_step = jax.jit(step, donate_argnums=0, **out)
         warned: list = []
 
@@ -1094,7 +1426,7 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         if start > 0:
             first = None  # the pass opened for epoch 1 is not needed
     if val_data is not None and val_stream is None:
-        xv, yv = _as_param_dtype(xv, state.params), _as_param_dtype(yv, state.params)
+        val_xy = _as_param_dtype(xv, state.params), _as_param_dtype(yv, state.params)
     state = replicate(mesh, jax.tree_util.tree_map(jnp.asarray, state))
 
     history["stopped"] = None  # in a checkpoint: the run goes on
@@ -1109,16 +1441,19 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
                 # epoch leaves its input alone, a loop of steps donates it
                 kept = state if scan else _copy(state), best, len(history["epoch"])
                 t0 = time.perf_counter()
-                records = recorder is not None and _records_in(epoch, n // batch,
-                                                               diagnostics_every)
-                if records and "first" not in recorder.d["hist"]:  # histograms before training
-                    recorder.set_hist("first", jax.device_get(
-                        run_recorded_epoch.snapshot(state, x, y, epoch)))
-                state, train_loss, diag = (run_recorded_epoch if records else run_epoch)(
-                    state, x, y, epoch)
+                recording = None  # the recorder, when this epoch records diagnostics
+                if (recorder is not None and recorded_epoch is not None
+                        and _records_in(epoch, n // batch, recorded_epoch.every)):
+                    recording = recorder
+                    if "first" not in recorder.d["hist"]:  # histograms before training
+                        recorder.set_hist("first", jax.device_get(
+                            recorded_epoch.snapshot(state, x, y, epoch)))
+                    state, train_loss, diag = recorded_epoch.run(state, x, y, epoch)
+                else:
+                    state, train_loss, diag = run_epoch(state, x, y, epoch)
                 train_loss = float(train_loss)
-                if records:
-                    recorder.pending.append(diag)
+                if recording is not None:
+                    recording.pending.append(diag)
                 seconds = time.perf_counter() - t0
                 if not (math.isfinite(train_loss) and _all_finite((state.params,
                                                                     state.net_state))):
@@ -1141,7 +1476,7 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
                 stop = None
                 if val_data is not None:
                     if val_stream is None:
-                        val = evaluate(net, loss, state, xv, yv)
+                        val = evaluate(net, loss, state, *val_xy)
                     else:
                         val_params, val_net_state = _local((state.params, state.net_state))
                         val = _reduced(jax.device_get(_evaluate_stream(
@@ -1167,9 +1502,9 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
                 done = stop is not None or epoch + 1 == epochs
                 if done:
                     history["stopped"] = stop or "epochs"
-                if recorder is not None and done:  # histograms after training
-                    recorder.set_hist("last", jax.device_get(
-                        run_recorded_epoch.snapshot(state, x, y, epoch + 1)))
+                if recorder is not None and recorded_epoch is not None and done:
+                    recorder.set_hist("last", jax.device_get(  # histograms after training
+                        recorded_epoch.snapshot(state, x, y, epoch + 1)))
                 if ckpt_path is not None and ((epoch + 1) % checkpoint_every == 0 or done):
                     _flush(recorder)
                     _save(ckpt_path, epoch + 1, state, history, best, config, rotate, mesh)
@@ -1279,7 +1614,7 @@ def _previous(path: Path) -> Path:
     return path.with_name(PREVIOUS_CHECKPOINT_FILE)
 
 
-def _save(path: Path, epoch: int, state: TrainState, history, best, config,
+def _save(path: Path, epoch: int, state: TrainState, history, best: _Best, config,
           rotate: bool = True, mesh: Mesh | None = None) -> None:
     """Write the checkpoint; with `rotate`, the file it replaces becomes the previous one
     (not after a resume from the previous file: the latest was bad, the previous stays).
@@ -1287,7 +1622,7 @@ def _save(path: Path, epoch: int, state: TrainState, history, best, config,
     On a mesh over several processes every process calls this: each brings the state to
     its host, process 0 alone writes, and the others learn whether it could (if not, they
     raise too, instead of waiting for it in the next epoch)."""
-    tree = {"state": _saveable(state)}
+    tree: dict[str, TrainState | tuple[Params, State]] = {"state": _saveable(state)}
     if best["params"] is not None:
         tree["best_params"] = best["params"]
     meta = {"epoch": epoch, "history": history, "config": config,
@@ -1348,20 +1683,21 @@ def _resume(path: Path, state: TrainState, config):
                 f"{', '.join(f'{k}={written.get(k)!r}' for k in keys)}; this run has "
                 f"{', '.join(f'{k}={config.get(k)!r}' for k in keys)}; use another "
                 "checkpoint_dir (nothing was overwritten)")
-        template = {"state": _saveable(state)}
+        template: dict[str, TrainState | tuple[Params, State]] = {"state": _saveable(state)}
         if any(name.startswith("best_params/") for name in stored):
             template["best_params"] = (state.params, state.net_state)
         tree = checkpoint.unflatten(candidate, stored, template)
         saved = _restore_key(TrainState(*tree["state"]), state)
-        best = {"val_loss": meta["best_val_loss"], "bad_epochs": meta["bad_epochs"],
-                "params": tree.get("best_params")}
+        best: _Best = {"val_loss": meta["best_val_loss"], "bad_epochs": meta["bad_epochs"],
+                       "params": tree.get("best_params")}
         return meta["epoch"], saved, meta["history"], best, candidate == path
     raise checkpoint.CheckpointError(
         f"fit: no usable checkpoint in {path.parent}: {'; '.join(problems)}. Move these "
         "files away (or use another checkpoint_dir) to start afresh")
 
 
-def _result(mesh: Mesh | None, state: TrainState, best, patience) -> TrainState:
+def _result(mesh: Mesh | None, state: TrainState, best: _Best,
+            patience: int | None) -> TrainState:
     """The state fit returns, as device arrays: with `patience`, the best parameters."""
     if patience is not None and best["params"] is not None:
         params, net_state = best["params"]
