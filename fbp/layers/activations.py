@@ -36,7 +36,29 @@ def _activation(name: str, fwd, bwd) -> Layer:
 
 
 def relu() -> Layer:
-    """y = max(z, 0).   Backward: dz = g ⊙ [z > 0]  (read off the output: z > 0 ⇔ y > 0)."""
+    """y = max(z, 0).   Backward: dz = g ⊙ [z > 0]  (read off the output: z > 0 ⇔ y > 0).
+
+    Returns:
+        A stateless, parameter-free `Layer`, `relu`: params `{}`, output shaped like the
+            input (any rank ≥ 1; elementwise).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.relu()
+        >>> layer.init(jax.random.key(0), (2, 3))          # the shape kept, no parameters
+        ((2, 3), {})
+        >>> z, g = jnp.array([-1.0, 2.0]), jnp.array([5.0, 5.0])
+        >>> y, res = layer.fwd({}, z)
+        >>> y.tolist()
+        [0.0, 2.0]
+        >>> _, dz = layer.bwd({}, res, g)                  # g ⊙ [z > 0]
+        >>> dz.tolist()
+        [0.0, 5.0]
+        >>> _, vjp = jax.vjp(lambda z: layer.apply({}, z), z)
+        >>> bool(jnp.allclose(dz, vjp(g)[0]))
+        True
+    """
     def fwd(z):
         y = jnp.maximum(z, 0)
         return y, y
@@ -51,6 +73,26 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
     """y = z for z > 0, α z otherwise (α = negative_slope ≥ 0).
 
     Backward: dz = g ⊙ (1 if z > 0 else α); for α ≥ 0, z > 0 ⇔ y > 0.
+
+    Args:
+        negative_slope: α, the slope for z ≤ 0, in [0, 1); default 0.01.
+
+    Returns:
+        A stateless, parameter-free `Layer`, `leaky_relu(negative_slope)`: params `{}`, output shaped like the
+            input (any rank ≥ 1; elementwise).
+
+    Raises:
+        ValueError: `negative_slope` is not in [0, 1).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.leaky_relu(0.1)
+        >>> y, res = layer.fwd({}, jnp.array([-2.0, 3.0]))
+        >>> y.tolist()
+        [-0.2..., 3.0]
+        >>> layer.bwd({}, res, jnp.ones(2))[1].tolist()    # g ⊙ (1 if z > 0 else α)
+        [0.1..., 1.0]
     """
     if not 0 <= negative_slope < 1:
         raise ValueError(f"leaky_relu: negative_slope must be in [0, 1), got {negative_slope!r}")
@@ -67,7 +109,27 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
 
 
 def sigmoid() -> Layer:
-    """y = σ(z) = 1 / (1 + e⁻ᶻ).   Backward: dz = g ⊙ σ(z)(1 − σ(z)) = g ⊙ y(1 − y)."""
+    """y = σ(z) = 1 / (1 + e⁻ᶻ).   Backward: dz = g ⊙ σ(z)(1 − σ(z)) = g ⊙ y(1 − y).
+
+    Returns:
+        A stateless, parameter-free `Layer`, `sigmoid`: params `{}`, output shaped like the
+            input (any rank ≥ 1; elementwise).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.sigmoid()
+        >>> z, g = jnp.array([0.0, 2.0]), jnp.ones(2)
+        >>> y, res = layer.fwd({}, z)
+        >>> y.tolist()
+        [0.5, 0.8807...]
+        >>> _, dz = layer.bwd({}, res, g)                  # g ⊙ y(1 − y): 1/4 at z = 0
+        >>> dz.tolist()
+        [0.25, 0.1049...]
+        >>> _, vjp = jax.vjp(lambda z: layer.apply({}, z), z)
+        >>> bool(jnp.allclose(dz, vjp(g)[0]))
+        True
+    """
     def fwd(z):
         y = jax.nn.sigmoid(z)
         return y, y
@@ -79,7 +141,27 @@ def sigmoid() -> Layer:
 
 
 def tanh() -> Layer:
-    """y = tanh(z).   Backward: dz = g ⊙ (1 − tanh²(z)) = g ⊙ (1 − y²)."""
+    """y = tanh(z).   Backward: dz = g ⊙ (1 − tanh²(z)) = g ⊙ (1 − y²).
+
+    Returns:
+        A stateless, parameter-free `Layer`, `tanh`: params `{}`, output shaped like the
+            input (any rank ≥ 1; elementwise).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.tanh()
+        >>> z, g = jnp.array([0.0, 1.0]), jnp.ones(2)
+        >>> y, res = layer.fwd({}, z)
+        >>> y.tolist()
+        [0.0, 0.7615...]
+        >>> _, dz = layer.bwd({}, res, g)                  # g ⊙ (1 − y²)
+        >>> dz.tolist()
+        [1.0, 0.4199...]
+        >>> _, vjp = jax.vjp(lambda z: layer.apply({}, z), z)
+        >>> bool(jnp.allclose(dz, vjp(g)[0]))
+        True
+    """
     def fwd(z):
         y = jnp.tanh(z)
         return y, y
@@ -107,6 +189,30 @@ def gelu(approximate: bool = False) -> Layer:
     approximate=True uses Φ(z) ≈ ½(1 + tanh u), u = √(2/π)(z + 0.044715 z³):
         y = ½ z (1 + tanh u),
         dz = g ⊙ [½(1 + tanh u) + ½ z (1 − tanh² u) √(2/π)(1 + 3·0.044715 z²)].
+
+    Args:
+        approximate: False (default) for the exact z Φ(z); True for the tanh approximation.
+
+    Returns:
+        A stateless, parameter-free `Layer`, `gelu(approximate=...)`: params `{}`, output shaped like the
+            input (any rank ≥ 1; elementwise).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.gelu()
+        >>> z, g = jnp.array([0.0, 1.0]), jnp.ones(2)
+        >>> y, res = layer.fwd({}, z)
+        >>> y.tolist()                                     # 1 · Φ(1) = 0.8413...
+        [0.0, 0.8413...]
+        >>> _, dz = layer.bwd({}, res, g)                  # Φ(z) + z φ(z): ½ at 0
+        >>> dz.tolist()
+        [0.5, 1.0833...]
+        >>> _, vjp = jax.vjp(lambda z: layer.apply({}, z), z)
+        >>> bool(jnp.allclose(dz, vjp(g)[0]))
+        True
+        >>> bool(jnp.allclose(L.gelu(approximate=True).apply({}, z), y, atol=1e-3))
+        True
     """
     c = 0.044715
 
@@ -135,6 +241,26 @@ def elu(alpha: float = 1.0) -> Layer:
     """y = z for z > 0, α(eᶻ − 1) otherwise.
 
     Backward: dz = g ⊙ (1 if z > 0 else α eᶻ), and α eᶻ = y + α there.
+
+    Args:
+        alpha: α > 0 (y tends to −α as z → −∞); default 1.0.
+
+    Returns:
+        A stateless, parameter-free `Layer`, `elu` (`elu(alpha)` for α ≠ 1): params `{}`,
+            output shaped like the input (any rank ≥ 1; elementwise).
+
+    Raises:
+        ValueError: `alpha` is not positive.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.elu()
+        >>> y, res = layer.fwd({}, jnp.array([-1.0, 2.0]))
+        >>> y.tolist()                                     # e⁻¹ − 1 for z = −1
+        [-0.6321..., 2.0]
+        >>> layer.bwd({}, res, jnp.ones(2))[1].tolist()    # y + α = e⁻¹ for z = −1
+        [0.3678..., 1.0]
     """
     if alpha <= 0:
         raise ValueError(f"elu: alpha must be positive, got {alpha!r}")
@@ -150,7 +276,23 @@ def elu(alpha: float = 1.0) -> Layer:
 
 
 def softplus() -> Layer:
-    """y = log(1 + eᶻ).   Backward: dz = g ⊙ σ(z), and σ(z) = 1 − e^{−y}."""
+    """y = log(1 + eᶻ).   Backward: dz = g ⊙ σ(z), and σ(z) = 1 − e^{−y}.
+
+    Returns:
+        A stateless, parameter-free `Layer`, `softplus`: params `{}`, output shaped like the
+            input (any rank ≥ 1; elementwise).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.softplus()
+        >>> z = jnp.array([-3.0, 0.0, 3.0])
+        >>> y, res = layer.fwd({}, z)
+        >>> bool(jnp.allclose(y, jnp.log1p(jnp.exp(z))))
+        True
+        >>> bool(jnp.allclose(layer.bwd({}, res, jnp.ones(3))[1], jax.nn.sigmoid(z)))
+        True
+    """
     def fwd(z):
         y = jnp.logaddexp(z, 0)
         return y, y
@@ -162,7 +304,24 @@ def softplus() -> Layer:
 
 
 def silu() -> Layer:
-    """y = z σ(z) (a.k.a. swish).   Backward: dz = g ⊙ σ(z)(1 + z(1 − σ(z)))."""
+    """y = z σ(z) (a.k.a. swish).   Backward: dz = g ⊙ σ(z)(1 + z(1 − σ(z))).
+
+    Returns:
+        A stateless, parameter-free `Layer`, `silu`: params `{}`, output shaped like the
+            input (any rank ≥ 1; elementwise).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.silu()
+        >>> z, g = jnp.array([0.0, 1.0]), jnp.ones(2)
+        >>> y, res = layer.fwd({}, z)
+        >>> y.tolist()                                     # 1 · σ(1)
+        [0.0, 0.7310...]
+        >>> _, vjp = jax.vjp(lambda z: layer.apply({}, z), z)
+        >>> bool(jnp.allclose(layer.bwd({}, res, g)[1], vjp(g)[0]))
+        True
+    """
     def fwd(z):
         return z * jax.nn.sigmoid(z), z
 
@@ -177,6 +336,30 @@ def softmax() -> Layer:
     """y_i = e^{z_i} / Σ_j e^{z_j} on the last axis.
 
     Backward (Jacobian ∂y_i/∂z_j = y_i(δ_ij − y_j)):  dz = y ⊙ (g − Σ_j g_j y_j).
+
+    Returns:
+        A stateless, parameter-free `Layer`, `softmax`: params `{}`, output shaped like the
+            input (any rank ≥ 1; rows along the last axis).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> import numpy as np
+        >>> layer = L.softmax()
+        >>> y, res = layer.fwd({}, jnp.array([[1.0, 1.0]]))
+        >>> y.tolist()
+        [[0.5, 0.5]]
+        >>> _, dz = layer.bwd({}, res, jnp.array([[1.0, 0.0]]))   # y ⊙ (g − Σ_j g_j y_j)
+        >>> dz.tolist()
+        [[0.25, -0.25]]
+        >>> rng = np.random.default_rng(0)
+        >>> z, g = jnp.asarray(rng.normal(size=(2, 2, 5)), jnp.float32)   # z, and g = ∂L/∂y
+        >>> y, res = layer.fwd({}, z)
+        >>> bool(jnp.allclose(y.sum(axis=-1), 1.0))
+        True
+        >>> _, vjp = jax.vjp(lambda z: layer.apply({}, z), z)
+        >>> bool(jnp.allclose(layer.bwd({}, res, g)[1], vjp(g)[0], atol=1e-6))
+        True
     """
     def fwd(z):
         y = jax.nn.softmax(z, axis=-1)
@@ -193,6 +376,22 @@ def log_softmax() -> Layer:
 
     Backward (∂y_i/∂z_j = δ_ij − softmax(z)_j):  dz = g − softmax(z) Σ_i g_i,
     with softmax(z) = e^y.
+
+    Returns:
+        A stateless, parameter-free `Layer`, `log_softmax`: params `{}`, output shaped like the
+            input (any rank ≥ 1; rows along the last axis).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.log_softmax()
+        >>> z = jnp.array([[0.0, 0.0]])
+        >>> y, res = layer.fwd({}, z)
+        >>> y.tolist()                                     # −log 2
+        [[-0.6931..., -0.6931...]]
+        >>> _, dz = layer.bwd({}, res, jnp.array([[1.0, 0.0]]))   # g − softmax(z) Σ_i g_i
+        >>> bool(jnp.allclose(dz, jnp.array([[0.5, -0.5]])))
+        True
     """
     def fwd(z):
         y = jax.nn.log_softmax(z, axis=-1)

@@ -91,7 +91,7 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
     (d,). There is no key bias (as in Whisper): it would add q_i·b_k to every score of row
     i, which the softmax cancels, so its gradient is identically zero.
 
-    Computed as: [Q | K | V] = x [W_q | W_k | W_v] + [b_q | 0 | b_v] (one matrix product),
+    Computed as: `[Q | K | V] = x [W_q | W_k | W_v] + [b_q | 0 | b_v]` (one matrix product),
     the heads laid out (B, h, T, d_h) for the batched products, Q scaled by 1/√d_h first;
     P kept unnormalized, E = exp(S − rowmax S) (masked entries exactly 0), with the row
     factor r = 1 / rowsum E, so P = r ⊙ E and O = r ⊙ (E V).
@@ -105,7 +105,7 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
              (masked entries: E = 0 ⇒ 0; a row with one allowed key: E = 1, r = 1 ⇒ exactly 0)
         ∂Q = ∂S K / √d_h,   ∂K = ∂Sᵀ Q / √d_h
         [∂W_q | ∂W_k | ∂W_v] = xᵀ [∂Q | ∂K | ∂V];   ∂b_q = Σ ∂Q,  ∂b_v = Σ ∂V
-        ∂x = [∂Q | ∂K | ∂V] [W_q | W_k | W_v]ᵀ   (x feeds all three projections)
+        ∂x = [∂Q | ∂K | ∂V] · [W_q | W_k | W_v]ᵀ   (x feeds all three projections)
 
     chunk_size=c: the same function and gradients, but P is never formed whole. The forward
     runs an online softmax over blocks of c keys and keeps only O and the per-row

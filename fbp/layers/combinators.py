@@ -52,6 +52,40 @@ def serial(*layers: Layer) -> Layer:
     Backward, by the chain rule: with g_n = ∂L/∂y, each layer from the last to the
     first turns g_k = ∂L/∂(its output) into its parameter gradient and g_{k-1} =
     ∂L/∂(its input):  (∂θ_k, g_{k-1}) = f_k.bwd(θ_k, res_k, g_k).
+
+    Args:
+        *layers: the layers, first to last (at least one); each one's output shape is the
+            next one's input shape, as `init` works out.
+
+    Returns:
+        A `Layer`, `serial(...)`: params a tuple with one entry per layer (`{}` for a
+            parameter-free one); input the first layer's, output the last layer's. Stateful
+            when one of the layers is: then its state is a tuple too, one entry per layer.
+
+    Raises:
+        ValueError: no layers are given.
+        TypeError: an argument is not a `Layer` (e.g. `relu` where `relu()` was meant).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from fbp import layers as L
+        >>> first, last = L.dense(8), L.dense(3)
+        >>> net = L.serial(first, L.relu(), last)
+        >>> out_shape, params = net.init(jax.random.key(0), (4, 3))
+        >>> out_shape, jax.tree.map(jnp.shape, params)      # one entry per layer
+        ((4, 3), ({'b': (8,), 'w': (3, 8)}, {}, {'b': (3,), 'w': (8, 3)}))
+        >>> rng = np.random.default_rng(0)
+        >>> x, g = jnp.asarray(rng.normal(size=(2, 4, 3)), jnp.float32)   # x, and g = ∂L/∂y
+        >>> y, res = net.fwd(params, x)
+        >>> bool(jnp.allclose(y, last.apply(params[2], jax.nn.relu(first.apply(params[0], x)))))
+        True
+        >>> grads, dx = net.bwd(params, res, g)             # last.bwd, relu's, then first.bwd
+        >>> _, vjp = jax.vjp(lambda p, x: net.apply(p, x), params, x)
+        >>> auto_grads, auto_dx = vjp(g)
+        >>> bool(jnp.allclose(grads[0]["w"], auto_grads[0]["w"], atol=1e-6))
+        True
+        >>> bool(jnp.allclose(dx, auto_dx, atol=1e-6))
+        True
     """
     layers = _check_layers("serial", layers)
     name = f"serial({', '.join(layer.name for layer in layers)})"
@@ -90,7 +124,39 @@ def serial(*layers: Layer) -> Layer:
 def residual(layer: Layer) -> Layer:
     """y = x + f(x), for an f that keeps the shape.   Backward: dx = g + ∂x of f at g.
 
-    params (and state) are f's own."""
+    params (and state) are f's own.
+
+    Args:
+        layer: f, a layer whose output has its input's shape.
+
+    Returns:
+        A `Layer`, `residual(f)`, with f's params (and state: stateful when f is); output
+            shaped like the input.
+
+    Raises:
+        TypeError: `layer` is not a `Layer`.
+        ValueError: (from `init` and `fwd`) f changes the shape, so x + f(x) is undefined.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from fbp import layers as L
+        >>> f = L.serial(L.dense(3), L.tanh())
+        >>> block = L.residual(f)
+        >>> out_shape, params = block.init(jax.random.key(0), (2, 3))
+        >>> out_shape, jax.tree.map(jnp.shape, params)      # f's own params
+        ((2, 3), ({'b': (3,), 'w': (3, 3)}, {}))
+        >>> rng = np.random.default_rng(0)
+        >>> x, g = jnp.asarray(rng.normal(size=(2, 2, 3)), jnp.float32)   # x, and g = ∂L/∂y
+        >>> y, res = block.fwd(params, x)
+        >>> bool(jnp.allclose(y, x + f.apply(params, x)))
+        True
+        >>> _, dx = block.bwd(params, res, g)               # g + f's ∂x
+        >>> bool(jnp.allclose(dx, g + f.bwd(params, f.fwd(params, x)[1], g)[1]))
+        True
+        >>> _, vjp = jax.vjp(lambda x: block.apply(params, x), x)
+        >>> bool(jnp.allclose(dx, vjp(g)[0], atol=1e-6))
+        True
+    """
     (layer,) = _check_layers("residual", (layer,))
     name = f"residual({layer.name})"
 
@@ -125,6 +191,43 @@ def parallel(*layers: Layer, merge: str = "concat") -> Layer:
     merge="concat" joins the outputs on the last axis; merge="sum" adds them.
     Backward: each branch gets its part of g (its slice for concat, all of g for
     sum), and the input, used n times, sums their input gradients: dx = Σ_k dx_k.
+
+    Args:
+        *layers: the branches (at least one), each applied to the same input.
+        merge: "concat" (default): outputs that agree on all but the last axis, joined on
+            it; "sum": outputs of one shape, added.
+
+    Returns:
+        A `Layer`, `parallel(...; merge)`: params a tuple with one entry per branch; output
+            the merged branch outputs. Stateful when one of the branches is: then its state is
+            a tuple too, one entry per branch.
+
+    Raises:
+        ValueError: no layers are given, or `merge` is neither "concat" nor "sum"; (from
+            `init` and `fwd`) the branch outputs cannot be merged.
+        TypeError: an argument is not a `Layer`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from fbp import layers as L
+        >>> a, b = L.dense(2), L.dense(3)
+        >>> net = L.parallel(a, b)                          # merge="concat"
+        >>> out_shape, params = net.init(jax.random.key(0), (4, 5))
+        >>> out_shape, jax.tree.map(jnp.shape, params)      # widths 2 + 3
+        ((4, 5), ({'b': (2,), 'w': (5, 2)}, {'b': (3,), 'w': (5, 3)}))
+        >>> rng = np.random.default_rng(0)
+        >>> x, g = jnp.asarray(rng.normal(size=(2, 4, 5)), jnp.float32)   # x, and g = ∂L/∂y
+        >>> y, res = net.fwd(params, x)
+        >>> bool(jnp.allclose(y[:, :2], a.apply(params[0], x)))
+        True
+        >>> grads, dx = net.bwd(params, res, g)             # dx = Σ_k dx_k: x feeds both
+        >>> bool(jnp.allclose(dx, g[:, :2] @ params[0]["w"].T + g[:, 2:] @ params[1]["w"].T))
+        True
+        >>> _, vjp = jax.vjp(lambda x: net.apply(params, x), x)
+        >>> bool(jnp.allclose(dx, vjp(g)[0], atol=1e-6))
+        True
+        >>> L.parallel(L.relu(), L.tanh(), merge="sum").init(jax.random.key(0), (4, 5))
+        ((4, 5), ({}, {}))
     """
     layers = _check_layers("parallel", layers)
     if merge not in ("concat", "sum"):

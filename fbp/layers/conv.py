@@ -72,7 +72,7 @@ def _padding_arg(name: str, padding) -> str | Pads:
     if not ok:
         raise ValueError(f"{name}: padding must be 'SAME', 'VALID' or explicit "
                          f"((lo_h, hi_h), (lo_w, hi_w)) of non-negative ints, got {padding!r}")
-    return pads
+    return pads[0], pads[1]
 
 
 def _check_nhwc(name: str, shape) -> None:
@@ -87,14 +87,18 @@ def window_pads(name: str, padding: str | Pads, in_hw, eff_window, strides, *,
 
     SAME pads the fewest zeros so that m = ⌈n / s⌉, the odd one at the high end (as XLA).
     """
+    pads: Pads
     if padding == "VALID":
         pads = ((0, 0), (0, 0))
     elif padding == "SAME":
-        pads = []
+        same = []
         for n, k, s in zip(in_hw, eff_window, strides):
             total = max((-(-n // s) - 1) * s + k - n, 0)
-            pads.append((total // 2, total - total // 2))
-        pads = tuple(pads)
+            same.append((total // 2, total - total // 2))
+        pads = (same[0], same[1])
+    elif isinstance(padding, str):  # `_padding_arg` lets no other string through
+        raise ValueError(f"{name}: unknown padding {padding!r}; expected 'SAME', 'VALID' or "
+                         "explicit ((lo_h, hi_h), (lo_w, hi_w))")
     else:
         pads = padding
     for n, k, (lo, hi) in zip(in_hw, eff_window, pads):
@@ -170,6 +174,58 @@ def conv2d(features: int, kernel_size, *, strides=1, padding="SAME", dilation=1,
     multiply-adds fused into one pass; ∂W: one matmul of the stacked taps with g; ∂x: one
     matmul g Wᵀ, its k_h·k_w parts spread back); otherwise with XLA's convolutions, ∂W on
     CPU as a sum over batch chunks (`dw_chunk_size`).
+
+    Args:
+        features: the number of output channels, a positive int.
+        kernel_size (int | tuple[int, int]): (k_h, k_w); an int k means (k, k).
+        strides (int | tuple[int, int]): (s_h, s_w); an int s means (s, s); default 1.
+        padding (str | tuple[tuple[int, int], tuple[int, int]]): "SAME" (default: the
+            fewest zeros so that each output size is ⌈n / s⌉, the odd one at the high end,
+            as XLA), "VALID" (none) or explicit ((lo_h, hi_h), (lo_w, hi_w)) of
+            non-negative ints.
+        dilation (int | tuple[int, int]): (d_h, d_w), the step between kernel taps; an int
+            d means (d, d); default 1.
+        use_bias: add the bias b (default True); False leaves it out of params.
+        w_init (Callable): initializer of W, called as `w_init(key, (k_h, k_w, C,
+            features), dtype)`; default LeCun normal.
+        b_init (Callable): initializer of b, called as `b_init(key, (features,), dtype)`;
+            default zeros.
+
+    Returns:
+        A stateless `Layer`, `conv2d(features, kernel_size)`: params `{"w": (k_h, k_w, C,
+            features), "b": (features,)}` (no "b" without `use_bias`), C read off the last axis
+            of `input_shape`; input NHWC (N, H, W, C), output (N, P, Q, features) with
+            P = ⌊(H + lo_h + hi_h − k_eff) / s_h⌋ + 1 (Q alike; ⌈H / s_h⌉ for "SAME").
+
+    Raises:
+        ValueError: `features` is not a positive int; `kernel_size`, `strides` or
+            `dilation` is not a positive int or pair of them; `padding` is none of the
+            above. (`init` and `fwd` raise ValueError for an input that is not NHWC or that
+            the (dilated) kernel does not fit, or params of other shapes.)
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from fbp import layers as L
+        >>> layer = L.conv2d(4, 3)                          # 3×3 kernel, stride 1, "SAME"
+        >>> out_shape, params = layer.init(jax.random.key(0), (2, 8, 8, 4))
+        >>> out_shape, jax.tree.map(jnp.shape, params)
+        ((2, 8, 8, 4), {'b': (4,), 'w': (3, 3, 4, 4)})
+        >>> L.conv2d(4, 3, strides=2, padding="VALID").init(jax.random.key(0), (2, 8, 8, 4))[0]
+        (2, 3, 3, 4)
+        >>> rng = np.random.default_rng(0)
+        >>> x, g = jnp.asarray(rng.normal(size=(2, 2, 8, 8, 4)), jnp.float32)   # x, and g = ∂L/∂y
+        >>> y, res = layer.fwd(params, x)
+        >>> dims = ("NHWC", "HWIO", "NHWC")
+        >>> ref = jax.lax.conv_general_dilated(x, params["w"], (1, 1), "SAME", dimension_numbers=dims)
+        >>> bool(jnp.allclose(y, ref + params["b"][None, None, None, :], atol=1e-5))
+        True
+        >>> grads, dx = layer.bwd(params, res, g)
+        >>> _, vjp = jax.vjp(lambda p, x: layer.apply(p, x), params, x)
+        >>> auto_grads, auto_dx = vjp(g)
+        >>> bool(jnp.allclose(grads["w"], auto_grads["w"], atol=1e-4))
+        True
+        >>> bool(jnp.allclose(dx, auto_dx, atol=1e-5))
+        True
     """
     name = f"conv2d({features}, {kernel_size})"
     if not _is_int(features) or features <= 0:

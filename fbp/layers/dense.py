@@ -21,6 +21,44 @@ def dense(features: int, *, use_bias: bool = True,
         ∂W = xᵀ g          (sum over rows of the outer products x_i g_iᵀ)
         ∂b = Σ_rows g
         ∂x = g Wᵀ
+
+    Args:
+        features: the output width, a positive int.
+        use_bias: add the bias b (default True); False leaves it out of params, y = x W.
+        w_init (Callable): initializer of W, called as `w_init(key, (n_in, features), dtype)`
+            (any `jax.nn.initializers` function); default Glorot uniform.
+        b_init (Callable): initializer of b, called as `b_init(key, (features,), dtype)`;
+            default zeros.
+
+    Returns:
+        A stateless `Layer`, `dense(features)`. Its params are `{"w": (n_in, features),
+            "b": (features,)}` (no "b" without `use_bias`), n_in read off the last axis of the
+            `input_shape` given to `init`; input (..., n_in), output (..., features).
+
+    Raises:
+        ValueError: `features` is not a positive int. (`fwd` raises ValueError for params
+            or an input of other shapes, TypeError for an input of another dtype.)
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from fbp import layers as L
+        >>> layer = L.dense(3)
+        >>> out_shape, params = layer.init(jax.random.key(0), (4, 5))
+        >>> out_shape, jax.tree.map(jnp.shape, params)
+        ((4, 3), {'b': (3,), 'w': (5, 3)})
+        >>> rng = np.random.default_rng(0)
+        >>> x = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+        >>> y, res = layer.fwd(params, x)
+        >>> bool(jnp.allclose(y, x @ params["w"] + params["b"][None, :]))
+        True
+        >>> g = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)    # g = ∂L/∂y
+        >>> grads, dx = layer.bwd(params, res, g)            # ∂W = xᵀg, ∂b = Σ g, ∂x = gWᵀ
+        >>> bool(jnp.allclose(grads["w"], x.T @ g)), bool(jnp.allclose(dx, g @ params["w"].T))
+        (True, True)
+        >>> _, vjp = jax.vjp(lambda p, x: layer.apply(p, x), params, x)   # the same by autodiff
+        >>> auto_grads, auto_dx = vjp(g)
+        >>> bool(jnp.allclose(grads["w"], auto_grads["w"], atol=1e-6)), bool(jnp.allclose(dx, auto_dx))
+        (True, True)
     """
     if not isinstance(features, numbers.Integral) or isinstance(features, bool) or features <= 0:
         raise ValueError(f"dense: features must be a positive int, got {features!r}")

@@ -27,6 +27,38 @@ def embedding(vocab_size: int, features: int, *,
     Backward, for g = ∂L/∂y: every position adds its gradient into the row it read,
         ∂T[v, :] = Σ_{positions with x = v} g[position, :]        (a scatter-add)
     and the ids, integers, have no gradient: ∂x is a float0 zero (what `jax.vjp` gives).
+
+    Args:
+        vocab_size: the number of rows of T (ids in [0, vocab_size)), a positive int.
+        features: the width of each row, a positive int.
+        table_init (Callable): initializer of T, called as
+            `table_init(key, (vocab_size, features), dtype)`; default normal, stddev 1.
+
+    Returns:
+        A stateless `Layer`, `embedding(vocab_size, features)`: params
+            `{"table": (vocab_size, features)}`; input integer ids of any shape S, output
+            S + (features,).
+
+    Raises:
+        ValueError: `vocab_size` or `features` is not a positive int. (`fwd` raises
+            TypeError for ids that are not integers.)
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.embedding(10, 4)
+        >>> out_shape, params = layer.init(jax.random.key(0), (2, 3))   # (batch, seq) of ids
+        >>> out_shape, jax.tree.map(jnp.shape, params)
+        ((2, 3, 4), {'table': (10, 4)})
+        >>> ids = jnp.array([[1, 2, 1], [0, 9, -1]])        # −1 counts from the end: row 9
+        >>> y, res = layer.fwd(params, ids)
+        >>> bool(jnp.array_equal(y[0, 0], params["table"][1])), bool(jnp.array_equal(y[1, 2], y[1, 1]))
+        (True, True)
+        >>> grads, dx = layer.bwd(params, res, jnp.ones((2, 3, 4)))
+        >>> grads["table"][:, 0].tolist()                   # each row: how often it was read
+        [1.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0]
+        >>> dx.shape, dx.dtype == jax.dtypes.float0          # integer ids: no gradient
+        ((2, 3), True)
     """
     for what, v in (("vocab_size", vocab_size), ("features", features)):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -109,6 +141,35 @@ def positional_embedding(max_len: int, *,
     the batch, and the rows past T get none,
         ∂P[t] = Σ_b g[b, t]   (t < T),   0   (t ≥ T)
         ∂x = g
+
+    Args:
+        max_len: the longest sequence T the table covers, a positive int.
+        table_init (Callable): initializer of P, called as `table_init(key, (max_len, d),
+            dtype)`; default normal, stddev 0.02.
+
+    Returns:
+        A stateless `Layer`, `positional_embedding(max_len)`: params `{"table": (max_len,
+            d)}`, d read off the last axis of `input_shape`; input (batch, T, d) with
+            T ≤ max_len, output of the same shape.
+
+    Raises:
+        ValueError: `max_len` is not a positive int; (from `init` and `fwd`) an input that
+            is not (batch, T ≤ max_len, d).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.positional_embedding(8)
+        >>> out_shape, params = layer.init(jax.random.key(0), (2, 5, 3))
+        >>> out_shape, jax.tree.map(jnp.shape, params)
+        ((2, 5, 3), {'table': (8, 3)})
+        >>> x = jnp.zeros((2, 5, 3))
+        >>> y, res = layer.fwd(params, x)
+        >>> bool(jnp.array_equal(y[1], params["table"][:5]))   # every example gets P[:T]
+        True
+        >>> grads, dx = layer.bwd(params, res, jnp.ones((2, 5, 3)))
+        >>> grads["table"][:, 0].tolist()                   # Σ_b g for t < 5; none past T
+        [2.0, 2.0, 2.0, 2.0, 2.0, 0.0, 0.0, 0.0]
     """
     if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len <= 0:
         raise ValueError(f"positional_embedding: max_len must be a positive int, got {max_len!r}")

@@ -22,6 +22,42 @@ def layer_norm(*, eps: float = 1e-5, scale_init=jax.nn.initializers.ones,
         ∂x = (ĝ − mean(ĝ) − x̂ ⊙ mean(ĝ ⊙ x̂)) / √(σ² + ε)
     (x̂ has mean 0 and mean square σ²/(σ² + ε) ≈ 1: the two subtractions remove ĝ's
     components along the directions that normalization takes out.)
+
+    Args:
+        eps: ε > 0, added to the variance before the square root; default 1e-5.
+        scale_init (Callable): initializer of γ, called as `scale_init(key, (d,), dtype)`;
+            default ones.
+        bias_init (Callable): initializer of β, called as `bias_init(key, (d,), dtype)`;
+            default zeros.
+
+    Returns:
+        A stateless `Layer`, `layer_norm` (`layer_norm(eps=...)` for ε ≠ 1e-5): params
+            `{"scale": (d,), "bias": (d,)}`, d read off the last axis of `input_shape`; input
+            (..., d), output of the same shape. No running statistics: training and
+            evaluation compute the same.
+
+    Raises:
+        ValueError: `eps` is not a positive number.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from fbp import layers as L
+        >>> layer = L.layer_norm()
+        >>> out_shape, params = layer.init(jax.random.key(0), (2, 4))
+        >>> out_shape, jax.tree.map(jnp.shape, params)
+        ((2, 4), {'bias': (4,), 'scale': (4,)})
+        >>> x = jnp.array([[0.0, 0.0, 10.0, 10.0], [1.0, 3.0, 1.0, 3.0]])
+        >>> y, res = layer.fwd(params, x)
+        >>> jnp.round(y, 3).tolist()                        # each row: mean 0, variance 1
+        [[-1.0, -1.0, 1.0, 1.0], [-1.0, 1.0, -1.0, 1.0]]
+        >>> g = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4)), jnp.float32)
+        >>> grads, dx = layer.bwd(params, res, g)
+        >>> _, vjp = jax.vjp(lambda p, x: layer.apply(p, x), params, x)
+        >>> auto_grads, auto_dx = vjp(g)
+        >>> bool(jnp.allclose(dx, auto_dx, atol=1e-5))
+        True
+        >>> bool(jnp.allclose(grads["scale"], auto_grads["scale"], atol=1e-5))
+        True
     """
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
         raise ValueError(f"layer_norm: eps must be a positive number, got {eps!r}")

@@ -112,6 +112,44 @@ def max_pool(window, *, strides=None, padding="VALID") -> Layer:
     window order (as XLA picks); overlapping windows add up:
         ∂x̃[n, p·s_h + i, q·s_w + j, c] += g[n, p, q, c] · [(i, j) = argmax of window (p, q)]
     then ∂x = ∂x̃ without the padding. (With ties in a window only one element gets g.)
+
+    Args:
+        window (int | tuple[int, int]): the window (k_h, k_w); an int k means (k, k).
+        strides (int | tuple[int, int] | None): the steps (s_h, s_w) between windows; an
+            int s means (s, s); None (default) means the window itself.
+        padding (str | tuple[tuple[int, int], tuple[int, int]]): "VALID" (default: no
+            padding), "SAME" (the fewest elements so that each output size is ⌈n / s⌉, the
+            odd one at the high end) or explicit ((lo_h, hi_h), (lo_w, hi_w)), each side
+            smaller than the window.
+
+    Returns:
+        A stateless, parameter-free `Layer`, `max_pool(window)`: params `{}`; input NHWC
+            (N, H, W, C), output (N, P, Q, C), P = ⌊(H + lo_h + hi_h − k_h) / s_h⌋ + 1 (Q
+            alike).
+
+    Raises:
+        ValueError: `window` or `strides` is not a positive int or pair of them, `padding`
+            is none of the above, or an explicit padding is not smaller than the window;
+            (from `init` and `fwd`) an input that is not NHWC or in which not one window
+            fits.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.max_pool(2)                           # 2×2 windows, side by side
+        >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+        >>> layer.init(jax.random.key(0), x.shape)
+        ((1, 2, 2, 1), {})
+        >>> y, res = layer.fwd({}, x)
+        >>> y[0, :, :, 0].tolist()
+        [[5.0, 7.0], [13.0, 15.0]]
+        >>> g = jnp.ones_like(y)
+        >>> _, dx = layer.bwd({}, res, g)                   # each window's g goes to its max
+        >>> dx[0, :, :, 0].tolist()
+        [[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0]]
+        >>> _, vjp = jax.vjp(lambda x: layer.apply({}, x), x)
+        >>> bool(jnp.array_equal(dx, vjp(g)[0]))
+        True
     """
     # fwd :: X -> (Y, res = x)
     def fwd(x, pads, window, strides):
@@ -153,6 +191,45 @@ def avg_pool(window, *, strides=None, padding="VALID") -> Layer:
     Backward: each window spreads its gradient evenly over its input elements:
         ∂x̃[n, p·s_h + i, q·s_w + j, c] += g[n, p, q, c] / |w_pq|   for every offset (i, j)
     then ∂x = ∂x̃ without the padding (the padding's share is dropped, as it is not counted).
+
+    Args:
+        window (int | tuple[int, int]): the window (k_h, k_w); an int k means (k, k).
+        strides (int | tuple[int, int] | None): the steps (s_h, s_w) between windows; an
+            int s means (s, s); None (default) means the window itself.
+        padding (str | tuple[tuple[int, int], tuple[int, int]]): "VALID" (default: no
+            padding), "SAME" (the fewest elements so that each output size is ⌈n / s⌉, the
+            odd one at the high end) or explicit ((lo_h, hi_h), (lo_w, hi_w)), each side
+            smaller than the window.
+
+    Returns:
+        A stateless, parameter-free `Layer`, `avg_pool(window)`: params `{}`; input NHWC
+            (N, H, W, C), output (N, P, Q, C), P = ⌊(H + lo_h + hi_h − k_h) / s_h⌋ + 1 (Q
+            alike).
+
+    Raises:
+        ValueError: `window` or `strides` is not a positive int or pair of them, `padding`
+            is none of the above, or an explicit padding is not smaller than the window;
+            (from `init` and `fwd`) an input that is not NHWC or in which not one window
+            fits.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.avg_pool(2, strides=1)                # overlapping 2×2 windows
+        >>> x = jnp.arange(9.0).reshape(1, 3, 3, 1)
+        >>> y, res = layer.fwd({}, x)
+        >>> y[0, :, :, 0].tolist()
+        [[2.0, 3.0], [5.0, 6.0]]
+        >>> g = jnp.ones_like(y)
+        >>> _, dx = layer.bwd({}, res, g)                   # g/4 to each element of a window
+        >>> dx[0, :, :, 0].tolist()
+        [[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]]
+        >>> _, vjp = jax.vjp(lambda x: layer.apply({}, x), x)
+        >>> bool(jnp.allclose(dx, vjp(g)[0]))
+        True
+        >>> same = L.avg_pool(2, padding="SAME")            # pads one row and column, uncounted
+        >>> same.apply({}, x)[0, :, :, 0].tolist()
+        [[2.0, 3.5], [6.5, 8.0]]
     """
     def window_sum(a, pads, window, strides):
         return lax.reduce_window(a, np.array(0, a.dtype), lax.add, (1, *window, 1),
@@ -183,6 +260,22 @@ def global_avg_pool() -> Layer:
     """(N, H, W, C) -> (N, C):  y[n, c] = (1 / HW) Σ_{h, w} x[n, h, w, c].
 
     Backward: ∂x[n, h, w, c] = g[n, c] / HW, the same at every position.
+
+    Returns:
+        A stateless, parameter-free `Layer`, `global_avg_pool`: params `{}`; input NHWC
+            (N, H, W, C), output (N, C).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.global_avg_pool()
+        >>> x = jnp.arange(8.0).reshape(1, 2, 2, 2)         # channel 0: 0, 2, 4, 6
+        >>> y, res = layer.fwd({}, x)
+        >>> y.tolist()
+        [[3.0, 4.0]]
+        >>> _, dx = layer.bwd({}, res, jnp.ones((1, 2)))     # g / HW everywhere
+        >>> dx.shape, bool(jnp.all(dx == 0.25))
+        ((1, 2, 2, 2), True)
     """
     name = "global_avg_pool"
 

@@ -20,7 +20,26 @@ from fbp._layer import (
 
 
 def flatten() -> Layer:
-    """(batch, d1, d2, ...) -> (batch, d1·d2·...).   Backward: dx = g reshaped back."""
+    """(batch, d1, d2, ...) -> (batch, d1·d2·...).   Backward: dx = g reshaped back.
+
+    Returns:
+        A stateless, parameter-free `Layer`, `flatten`: params `{}`; input of rank ≥ 2,
+            (batch, d1, d2, ...), output (batch, d1·d2·...).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.flatten()
+        >>> layer.init(jax.random.key(0), (2, 3, 4, 5))
+        ((2, 60), {})
+        >>> x = jnp.arange(24.0).reshape(2, 3, 4)
+        >>> y, res = layer.fwd({}, x)
+        >>> y.shape, y[1, :3].tolist()                      # row-major, as reshape
+        ((2, 12), [12.0, 13.0, 14.0])
+        >>> _, dx = layer.bwd({}, res, y)                   # g reshaped back
+        >>> bool(jnp.array_equal(dx, x))
+        True
+    """
     name = "flatten"
 
     def init(key, input_shape):
@@ -50,6 +69,34 @@ def dropout(rate: float) -> Layer:
 
     Backward: dx = g ⊙ m / (1 − p)  (the same mask; identity outside training).
     Training needs a PRNG key: `apply(params, x, key=key, train=True)`.
+
+    Args:
+        rate: p, the probability to drop each unit while training, in [0, 1).
+
+    Returns:
+        A stateless, parameter-free `Layer`, `dropout(rate)`: params `{}`, output shaped
+            like the input (any rank ≥ 1).
+
+    Raises:
+        ValueError: `rate` is not a number in [0, 1). (`fwd` raises ValueError when
+            train=True comes without a key.)
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.dropout(0.5)
+        >>> x = jnp.ones((2, 4))
+        >>> bool(jnp.array_equal(layer.apply({}, x), x))    # evaluation: y = x
+        True
+        >>> y, mask = layer.fwd({}, x, key=jax.random.key(0), train=True)
+        >>> bool(jnp.all((y == 0) | (y == 2)))              # dropped, or scaled by 1/(1 − p)
+        True
+        >>> _, dx = layer.bwd({}, mask, jnp.ones_like(y))   # the same mask
+        >>> bool(jnp.array_equal(dx, y))
+        True
+        >>> layer.apply({}, x, train=True)
+        Traceback (most recent call last):
+        ValueError: dropout(0.5): train=True needs a PRNG key, ...
     """
     if not isinstance(rate, numbers.Real) or isinstance(rate, bool) or not 0 <= rate < 1:
         raise ValueError(f"dropout: rate (the probability to drop) must be in [0, 1), got {rate!r}")

@@ -34,6 +34,40 @@ def from_function(fn: Callable, *, init: Callable | None = None, name: str | Non
 
     Residual: x (params come back to bwd anyway); bwd runs fn forward again inside
     `jax.vjp`, which XLA merges with the first forward when both sit in one jitted step.
+
+    Args:
+        fn: the forward, `fn(x)` without `init`, `fn(params, x)` with it; any function JAX
+            can differentiate.
+        init: None (default) for a parameter-free layer, or `init(key, input_shape) ->
+            (output_shape, params)`.
+        name: the layer's name in reports; default `from_function(<fn's __name__>)`.
+
+    Returns:
+        A stateless `Layer` marked `autodiff=True`: params `{}` or what `init` returns;
+            output shape `fn`'s (found by `jax.eval_shape` without `init`, `init`'s with it).
+
+    Raises:
+        TypeError: `fn` or `init` is not callable.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> layer = L.from_function(jnp.sin)
+        >>> layer.init(jax.random.key(0), (2, 3))
+        ((2, 3), {})
+        >>> x = jnp.array([0.0, 1.0])
+        >>> y, res = layer.fwd({}, x)
+        >>> _, dx = layer.bwd({}, res, jnp.ones(2))         # jax.vjp of sin: cos
+        >>> bool(jnp.allclose(dx, jnp.cos(x))), layer.autodiff
+        (True, True)
+        >>> def init(key, input_shape):
+        ...     return input_shape, {"a": jnp.array(2.0)}
+        >>> scale = L.from_function(lambda p, x: p["a"] * x, init=init, name="scale")
+        >>> _, params = scale.init(jax.random.key(0), (2, 3))
+        >>> x = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+        >>> grads, dx = scale.bwd(params, scale.fwd(params, x)[1], jnp.ones((2, 3)))
+        >>> grads["a"].tolist(), dx[0].tolist()             # Σ g ⊙ x, and a g
+        (21.0, [2.0, 2.0, 2.0])
     """
     if not callable(fn):
         raise TypeError(f"from_function: expected a function, got {type(fn).__name__}")
@@ -105,6 +139,34 @@ def remat(layer: Layer) -> Layer:
     of from the forward to the backward. The recomputation starts from x tied to g (see
     `_after`), so XLA can neither merge it back into the first forward nor run it before
     the backward reaches the block. Params and state are `layer`'s own.
+
+    Args:
+        layer: the layer (often a block of several) whose residuals are recomputed.
+
+    Returns:
+        A `Layer`, `remat(...)`, with `layer`'s params, state (stateful when `layer` is),
+            input and output shapes; its residual is x, the key and the state only.
+
+    Raises:
+        TypeError: `layer` is not a `Layer`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from fbp import layers as L
+        >>> block = L.serial(L.dense(4), L.tanh(), L.dense(4))
+        >>> layer = L.remat(block)
+        >>> out_shape, params = layer.init(jax.random.key(0), (2, 4))   # block's own params
+        >>> out_shape, jax.tree.map(jnp.shape, params)
+        ((2, 4), ({'b': (4,), 'w': (4, 4)}, {}, {'b': (4,), 'w': (4, 4)}))
+        >>> rng = np.random.default_rng(0)
+        >>> x, g = jnp.asarray(rng.normal(size=(2, 2, 4)), jnp.float32)   # x, and g = ∂L/∂y
+        >>> y, res = layer.fwd(params, x, train=True)
+        >>> res.x.shape                                     # only the input is kept
+        (2, 4)
+        >>> grads, dx = layer.bwd(params, res, g)           # block.fwd again, then block.bwd
+        >>> grads_b, dx_b = block.bwd(params, block.fwd(params, x)[1], g)
+        >>> bool(jnp.allclose(dx, dx_b)), bool(jnp.allclose(grads[0]["w"], grads_b[0]["w"]))
+        (True, True)
     """
     if not isinstance(layer, Layer):
         raise TypeError(f"remat: expected a fbp.Layer, got {type(layer).__name__}")
