@@ -32,7 +32,15 @@ SQUASHING = ("tanh", "sigmoid")
 
 @dataclasses.dataclass(frozen=True)
 class Compare:
-    """makemore's `cmp`: the hand-written gradient against jax.vjp's."""
+    """makemore's `cmp`: the hand-written gradient against jax.vjp's.
+
+    `str()` says "exact", "close 3e-07" or "DIFFERS 2e-01" (with the max difference).
+
+    Attributes:
+        exact: equal to the last bit.
+        close: within the dtype's tolerance (`CLOSE_RTOL`), relative to the largest entry.
+        max_diff: the max absolute difference.
+    """
 
     exact: bool
     close: bool
@@ -45,7 +53,14 @@ class Compare:
 
 @dataclasses.dataclass(frozen=True)
 class LeafStats:
-    """One parameter leaf of a layer: ‖∂θ‖, ‖θ‖ and their ratio."""
+    """One parameter leaf of a layer: ‖∂θ‖, ‖θ‖ and their ratio.
+
+    Attributes:
+        name: the leaf's key path in the layer's params (`['w']`).
+        shape: the leaf's shape.
+        grad_norm: ‖∂θ‖, the Frobenius norm of its gradient.
+        param_norm: ‖θ‖.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -54,12 +69,37 @@ class LeafStats:
 
     @property
     def ratio(self) -> float:
+        """‖∂θ‖ / ‖θ‖ (inf for θ = 0)."""
         return self.grad_norm / self.param_norm if self.param_norm > 0 else math.inf
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One layer in one pass (see the module doc)."""
+    """One layer in one pass (see the module doc).
+
+    Norms are Frobenius norms, statistics are over every entry of the batch; a row the
+    backward did not reach has nan for its gradient statistics.
+
+    Attributes:
+        path: where the layer sits: "" for the net itself, "serial[1]",
+            "serial[2]/residual[0]".
+        name: the layer's name ("dense(8)").
+        kind: its name without arguments ("dense").
+        depth: its nesting depth (0 for the net).
+        autodiff: its bwd is jax.vjp (`from_function`).
+        out_shape: its output's shape.
+        mean: the output's mean.
+        std: the output's standard deviation.
+        frac_zero: the fraction of output entries that are exactly 0.
+        frac_saturated: tanh: |y| > 0.97; sigmoid: y < 0.03 or y > 0.97; nan otherwise.
+        g_norm: ‖g‖, the gradient arriving from above.
+        dx_norm: ‖∂x‖, the gradient it sends below (nan for integer input).
+        leaves: ‖∂θ‖ and ‖θ‖ of each parameter leaf.
+        cmp_x: its ∂x against jax.vjp's; None for integer input.
+        cmp_params: its ∂θ against jax.vjp's; None without parameters.
+        act_hist: {"counts": [...], "range": [lo, hi]}, a histogram of the output.
+        grad_hist: the same of g, the gradient arriving at the output.
+    """
 
     path: str                 # "" for the net itself, "serial[1]", "serial[2]/residual[0]"
     name: str
@@ -81,6 +121,7 @@ class Row:
 
     @property
     def label(self) -> str:
+        """`path name` ("serial[1] relu"), or the name alone for the net itself."""
         return f"{self.path} {self.name}" if self.path else self.name
 
     @property
@@ -96,13 +137,23 @@ class Row:
 
     @property
     def agrees(self) -> bool:
+        """Its ∂x and ∂θ are close to jax.vjp's (or not compared)."""
         return all(c is None or c.close for c in (self.cmp_x, self.cmp_params))
 
 
 @dataclasses.dataclass(frozen=True)
 class Report:
     """What `explain` found: `.rows` (one per layer, forward order) and the loss; `str`
-    gives the table."""
+    gives the table.
+
+    Attributes:
+        name: the net's name.
+        loss_name: the loss's name.
+        loss: the loss of this pass.
+        dtype: the params' dtype.
+        train: whether the training pass was explained.
+        rows: one `Row` per layer, the net itself first, in forward order.
+    """
 
     name: str
     loss_name: str
@@ -117,6 +168,14 @@ class Report:
         return [r.label for r in self.rows if not r.agrees]
 
     def table(self, *, width: int = 44) -> str:
+        """The rows as a text table (what `str(report)` shows between its two lines).
+
+        Args:
+            width: the characters of the layer column (longer labels are cut with …).
+
+        Returns:
+            The table, one line per row under a header.
+        """
         head = (f"{'layer (forward ↓, backprop ↑)':<{width}} {'output':<14} {'mean':>8} "
                 f"{'std':>7} {'zero/sat':>8} {'‖g‖':>8} {'‖∂x‖':>8} {'‖∂θ‖':>8} "
                 f"{'∂θ:θ':>8}  {'∂x vs vjp':<12} {'∂θ vs vjp':<12}")
@@ -161,7 +220,17 @@ HIST_BINS = 40
 
 def histogram(a, bins: int = HIST_BINS):
     """(counts, lo, hi): a histogram of a's entries over `bins` equal bins from its min to
-    its max, inside jit (the range is data, not static)."""
+    its max, inside jit (the range is data, not static).
+
+    Args:
+        a (jax.Array): the values, any shape (computed in float32, float64 stays).
+        bins: the number of bins.
+
+    Returns:
+        (tuple[jax.Array, jax.Array, jax.Array]): the int32 counts per bin, then lo and
+            hi, the range's ends; the max falls in the last bin, and an array of equal
+            entries puts them all in the first.
+    """
     a = a.reshape(-1).astype(jnp.float32 if a.dtype != jnp.float64 else jnp.float64)
     lo, hi = jnp.min(a), jnp.max(a)
     width = jnp.where(hi > lo, (hi - lo) / bins, 1)
@@ -270,16 +339,34 @@ def explain(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool = Tru
     `str(report)` is the table, read top to bottom as the forward pass and bottom to top as
     backprop; `from_function` layers are marked [autodiff]. A stateful net needs `state=`.
 
+    Args:
+        net: the network.
+        loss: the loss.
+        params (pytree): the net's parameters.
+        x (jax.Array): a batch of inputs.
+        y (jax.Array): its targets.
+        key (jax.Array | None): the key of the training pass (dropout).
+        train: explain the training pass (dropout, batch statistics) or, False, evaluation.
+        state (pytree | None): the net's state, for a stateful net.
+
+    Returns:
+        One row per layer; `report.disagreeing` lists the layers whose gradients differ
+            from jax.vjp's.
+
+    Raises:
+        TypeError: `net` is not a fbp.Layer or `loss` not a fbp.losses.Loss.
+        ValueError: a stateful net without `state=`.
+
     Examples:
-    >>> import jax, jax.numpy as jnp, fbp
-    >>> from fbp import layers as L, losses
-    >>> net = L.serial(L.dense(8), L.relu(), L.dense(3))
-    >>> _, params = net.init(jax.random.key(0), (4, 5))
-    >>> x = jax.random.normal(jax.random.key(1), (4, 5))
-    >>> report = fbp.explain(net, losses.softmax_cross_entropy, params, x, jnp.array([0, 2, 1, 0]))
-    >>> [row.path for row in report.rows]
-    ['', 'serial[0]', 'serial[1]', 'serial[2]']
-    >>> print(report)                       # doctest: +SKIP
+        >>> import jax, jax.numpy as jnp, fbp
+        >>> from fbp import layers as L, losses
+        >>> net = L.serial(L.dense(8), L.relu(), L.dense(3))
+        >>> _, params = net.init(jax.random.key(0), (4, 5))
+        >>> x = jax.random.normal(jax.random.key(1), (4, 5))
+        >>> report = fbp.explain(net, losses.softmax_cross_entropy, params, x, jnp.array([0, 2, 1, 0]))
+        >>> [row.path for row in report.rows]
+        ['', 'serial[0]', 'serial[1]', 'serial[2]']
+        >>> print(report)                       # doctest: +SKIP
     """
     if not isinstance(net, Layer) or not isinstance(loss, Loss):
         raise TypeError(f"explain: expected a fbp.Layer and a fbp.losses.Loss, got "

@@ -12,7 +12,15 @@ from fbp.losses import Loss, softmax_cross_entropy
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class FusedLoss(Loss):
     """softmax cross-entropy on logits (evaluation, jax.grad's reference), and the fused
-    linear + cross-entropy of `head` in the manual training pass."""
+    linear + cross-entropy of `head` in the manual training pass.
+
+    Made by `fused_softmax_cross_entropy`; the fields of `Loss`, and:
+
+    Attributes:
+        head: the `linear_softmax_head` layer whose input and weight the training pass
+            takes instead of the logits.
+        chunk_size: vocabulary columns per chunk.
+    """
 
     head: Layer | None = None
     chunk_size: int = 1024
@@ -28,6 +36,35 @@ def fused_softmax_cross_entropy(head: Layer, *, chunk_size: int = 1024) -> Fused
     O(tokens · vocab). Called on logits (`evaluate`, `jax.grad`'s reference pass) it is
     `softmax_cross_entropy`. Labels: integer ids in [0, vocab), shaped like the logits
     without their last axis.
+
+    Args:
+        head: the net's last layer, `fbp.layers.linear_softmax_head(vocab)`.
+        chunk_size: vocabulary columns per chunk (default 1024).
+
+    Returns:
+        The loss, named "fused_softmax_cross_entropy(head name)". A training pass with it
+            raises ValueError unless the net is a `serial(...)` ending in `head`.
+
+    Raises:
+        TypeError: `head` is not a fbp.Layer.
+        ValueError: `chunk_size` is not a positive int.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, fbp
+        >>> from fbp import layers as L, losses
+        >>> head = L.linear_softmax_head(5)
+        >>> loss = losses.fused_softmax_cross_entropy(head, chunk_size=2)
+        >>> logits, labels = jnp.array([[1.0, 2.0, 0.0, -1.0, 0.5]]), jnp.array([1])
+        >>> bool(jnp.isclose(loss(logits, labels), losses.softmax_cross_entropy(logits, labels)))
+        True
+        >>> net = L.serial(L.dense(4), head)
+        >>> _, params = net.init(jax.random.key(0), (3, 2))
+        >>> x, y = jax.random.normal(jax.random.key(1), (3, 2)), jnp.array([0, 4, 2])
+        >>> fused = fbp.value_and_grad(net, loss)(params, x, y)      # chunks of 2, 2 and 1 logits
+        >>> plain = fbp.value_and_grad(net, losses.softmax_cross_entropy)(params, x, y)
+        >>> all(bool(jnp.allclose(a, b, atol=1e-6)) for a, b in zip(jax.tree.leaves(fused),
+        ...                                                          jax.tree.leaves(plain)))
+        True
     """
     if not isinstance(head, Layer):
         raise TypeError(f"fused_softmax_cross_entropy: expected the head layer "

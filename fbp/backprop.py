@@ -30,10 +30,29 @@ def _check_net_and_loss(net, loss) -> None:
 
 PRECISIONS = {None: None, "float32": None, "fp32": None, "bf16": jnp.bfloat16,
               "bfloat16": jnp.bfloat16, "f16": jnp.float16, "float16": jnp.float16}
+"""The names `precision=` takes, and the dtype forward and backward then run in (None: the
+params' own dtype)."""
 
 
 def compute_dtype(precision: str | None):
-    """The dtype forward and backward run in under a precision policy (None: the params')."""
+    """The dtype forward and backward run in under a precision policy (None: the params').
+
+    Args:
+        precision: a key of `PRECISIONS`: None, "float32" or "fp32" (the params' own
+            dtype), "bf16" or "bfloat16", "f16" or "float16".
+
+    Returns:
+        (type | None): `jnp.bfloat16` or `jnp.float16`, or None for the params' own dtype.
+
+    Raises:
+        ValueError: `precision` is not one of those names.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from fbp.backprop import compute_dtype
+        >>> jnp.dtype(compute_dtype("bf16")).name, compute_dtype("float32")
+        ('bfloat16', None)
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(k for k in PRECISIONS if k)} or "
                          f"None, got {precision!r}")
@@ -48,6 +67,26 @@ def l2_penalty(params: Params, strength: float) -> tuple[Array, Params]:
         ∂R/∂W = λ W,  0 elsewhere       are not penalized.
 
     With plain gradient descent this is the same as decaying each W by (1 − ηλ) per step.
+
+    Args:
+        params: a parameter pytree (as `init` returns it).
+        strength: λ, the penalty's strength (≥ 0; not checked here).
+
+    Returns:
+        (R, ∂R/∂params): the scalar penalty, in the weights' dtype (a float zero when there
+            is no weight), and its gradient shaped like `params`.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, fbp
+        >>> params = ({"w": jnp.array([[1.0, 2.0], [0.0, -1.0]]), "b": jnp.array([5.0, 5.0])},)
+        >>> value, grads = fbp.l2_penalty(params, 0.1)
+        >>> float(value)                        # 0.1/2 · (1 + 4 + 0 + 1)
+        0.3...
+        >>> grads[0]["w"].tolist(), grads[0]["b"].tolist()   # λW; biases are not penalized
+        ([[0.1..., 0.2...], [0.0, -0.1...]], [0.0, 0.0])
+        >>> auto = jax.grad(lambda p: fbp.l2_penalty(p, 0.1)[0])(params)
+        >>> all(bool(jnp.allclose(a, b)) for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(auto)))
+        True
     """
     weights = [w for w in jax.tree_util.tree_leaves(params) if w.ndim >= 2]
     value = 0.5 * strength * sum(jnp.sum(jnp.square(w)) for w in weights)
@@ -107,19 +146,38 @@ def value_and_grad(net: Layer, loss: Loss, *, precision: str | None = None,
 
     l2=λ adds the penalty λ/2·Σ‖W‖² (see `l2_penalty`) to L and λW to ∂L/∂W.
 
+    Args:
+        net: the network.
+        loss: the loss, e.g. `fbp.losses.softmax_cross_entropy`.
+        precision: None or "float32" (the params' dtype), or "bf16" (see above); the
+            names are `PRECISIONS`' keys.
+        l2: λ ≥ 0, the strength of the L2 penalty on the weights (default 0: none).
+
+    Returns:
+        f(params, x, y, *, key=None, train=True) -> (L, grads), grads shaped like params;
+            for a stateful net f(params, x, y, *, key=None, train=True, state) ->
+            (L, grads, new_state). `key` feeds dropout; train=False runs the evaluation
+            forward. f can be jitted.
+
+    Raises:
+        TypeError: `net` is not a fbp.Layer or `loss` not a fbp.losses.Loss.
+        ValueError: an unknown `precision`, a negative `l2`, or a fused loss whose head is
+            not the net's last layer. f raises ValueError when a stateful net is called
+            without `state=`, or a stateless one with a state.
+
     Examples:
-    >>> import jax, jax.numpy as jnp, fbp
-    >>> from fbp import layers as L, losses
-    >>> net = L.serial(L.dense(8), L.tanh(), L.dense(3))
-    >>> _, params = net.init(jax.random.key(0), (4, 5))
-    >>> x = jax.random.normal(jax.random.key(1), (4, 5))
-    >>> y = jnp.array([0, 2, 1, 0])
-    >>> loss, grads = fbp.value_and_grad(net, losses.softmax_cross_entropy)(params, x, y)
-    >>> jax.tree.map(jnp.shape, grads)      # one gradient per parameter, shaped like it
-    ({'b': (8,), 'w': (5, 8)}, {}, {'b': (3,), 'w': (8, 3)})
-    >>> auto = fbp.autodiff_value_and_grad(net, losses.softmax_cross_entropy)(params, x, y)[1]
-    >>> all(jax.tree.leaves(jax.tree.map(lambda a, b: jnp.allclose(a, b, atol=1e-6), grads, auto)))
-    True
+        >>> import jax, jax.numpy as jnp, fbp
+        >>> from fbp import layers as L, losses
+        >>> net = L.serial(L.dense(8), L.tanh(), L.dense(3))
+        >>> _, params = net.init(jax.random.key(0), (4, 5))
+        >>> x = jax.random.normal(jax.random.key(1), (4, 5))
+        >>> y = jnp.array([0, 2, 1, 0])
+        >>> loss, grads = fbp.value_and_grad(net, losses.softmax_cross_entropy)(params, x, y)
+        >>> jax.tree.map(jnp.shape, grads)      # one gradient per parameter, shaped like it
+        ({'b': (8,), 'w': (5, 8)}, {}, {'b': (3,), 'w': (8, 3)})
+        >>> auto = fbp.autodiff_value_and_grad(net, losses.softmax_cross_entropy)(params, x, y)[1]
+        >>> all(jax.tree.leaves(jax.tree.map(lambda a, b: jnp.allclose(a, b, atol=1e-6), grads, auto)))
+        True
     """
     f = training_pass(net, loss, grad="manual", precision=precision, l2=l2)
     return _with_state(net, f, "value_and_grad")
@@ -129,16 +187,33 @@ def autodiff_value_and_grad(net: Layer, loss: Loss, *, precision: str | None = N
                             l2: float = 0.0) -> GradFn:
     """The same function as `value_and_grad`, differentiated by `jax.value_and_grad`.
 
+    The reference the hand-written backward is checked against: the forward pass and the
+    loss are the same code, only the gradient comes from JAX's autodiff.
+
+    Args:
+        net: the network.
+        loss: the loss.
+        precision: as in `value_and_grad`.
+        l2: as in `value_and_grad`.
+
+    Returns:
+        f(params, x, y, *, key=None, train=True) -> (L, grads) (and the new state third,
+            for a stateful net given `state=`), as `value_and_grad`'s.
+
+    Raises:
+        TypeError: `net` is not a fbp.Layer or `loss` not a fbp.losses.Loss.
+        ValueError: an unknown `precision` or a negative `l2`; f, as in `value_and_grad`.
+
     Examples:
-    >>> import jax, jax.numpy as jnp, fbp
-    >>> from fbp import layers as L, losses
-    >>> net = L.serial(L.dense(4), L.relu(), L.dense(1))
-    >>> _, params = net.init(jax.random.key(0), (8, 3))
-    >>> x, y = jnp.ones((8, 3)), jnp.zeros((8, 1))
-    >>> f = fbp.autodiff_value_and_grad(net, losses.mse)
-    >>> loss, grads = f(params, x, y)
-    >>> bool(jnp.isclose(loss, fbp.value_and_grad(net, losses.mse)(params, x, y)[0]))
-    True
+        >>> import jax, jax.numpy as jnp, fbp
+        >>> from fbp import layers as L, losses
+        >>> net = L.serial(L.dense(4), L.relu(), L.dense(1))
+        >>> _, params = net.init(jax.random.key(0), (8, 3))
+        >>> x, y = jnp.ones((8, 3)), jnp.zeros((8, 1))
+        >>> f = fbp.autodiff_value_and_grad(net, losses.mse)
+        >>> loss, grads = f(params, x, y)
+        >>> bool(jnp.isclose(loss, fbp.value_and_grad(net, losses.mse)(params, x, y)[0]))
+        True
     """
     f = training_pass(net, loss, grad="auto", precision=precision, l2=l2)
     return _with_state(net, f, "autodiff_value_and_grad")
@@ -151,7 +226,28 @@ def training_pass(net: Layer, loss: Loss, *, grad: str = "manual",
     fourth with `with_dx`. `state` is the net's state ({} for a stateless net); a training
     pass moves it on. `grad` picks "manual" (the hand-written backward) or "auto"
     (jax.value_and_grad); nothing else differs. l2 > 0 adds `l2_penalty` to L (computed
-    on the master parameters)."""
+    on the master parameters).
+
+    The one training pass `value_and_grad`, `autodiff_value_and_grad`, `make_step` and
+    `check_grads` are built on; it always takes and returns the state.
+
+    Args:
+        net: the network.
+        loss: the loss.
+        grad: "manual" (the hand-written backward) or "auto" (jax.value_and_grad).
+        precision: as in `value_and_grad`.
+        l2: λ ≥ 0, as in `value_and_grad`.
+        with_dx: also return ∂L/∂x (for integer x, token ids: a float0 zero).
+
+    Returns:
+        f(params, x, y, *, key=None, train=True, state=None) -> (L, grads, new_state),
+            and dx fourth with `with_dx`.
+
+    Raises:
+        TypeError: `net` is not a fbp.Layer or `loss` not a fbp.losses.Loss.
+        ValueError: `grad` is neither "manual" nor "auto", an unknown `precision`, a
+            negative `l2`, or a fused loss whose head is not the net's last layer.
+    """
     _check_net_and_loss(net, loss)
     l2 = _check_l2(l2)
     if grad not in ("manual", "auto"):
@@ -251,16 +347,31 @@ def custom_vjp(layer: Layer, *, train: bool = False) -> Callable[..., Array]:
     run the hand-written backward, so fbp layers can sit inside any JAX program. (For a
     stateful layer use it in evaluation, with its state fixed: f(params, x, key, state).)
 
+    Args:
+        layer: any fbp layer (a whole net too).
+        train: run the training forward (dropout on); refused for a stateful layer, whose
+            moved statistics f could not return.
+
+    Returns:
+        f(params, x, key=None, state=None) -> y, differentiable in params and x.
+
+    Raises:
+        TypeError: `layer` is not a fbp.Layer.
+        ValueError: train=True for a stateful layer.
+
     Examples:
-    >>> import jax, jax.numpy as jnp, fbp
-    >>> from fbp import layers as L
-    >>> layer = L.dense(3)
-    >>> _, params = layer.init(jax.random.key(0), (2, 4))
-    >>> f = fbp.custom_vjp(layer)
-    >>> x = jnp.ones((2, 4))
-    >>> gx = jax.grad(lambda x: f(params, x).sum())(x)   # runs dense's bwd: ∂x = g Wᵀ
-    >>> bool(jnp.allclose(gx, jnp.ones((2, 3)) @ params["w"].T))
-    True
+        >>> import jax, jax.numpy as jnp, fbp
+        >>> from fbp import layers as L
+        >>> layer = L.dense(3)
+        >>> _, params = layer.init(jax.random.key(0), (2, 4))
+        >>> f = fbp.custom_vjp(layer)
+        >>> x = jnp.ones((2, 4))
+        >>> gx = jax.grad(lambda x: f(params, x).sum())(x)   # runs dense's bwd: ∂x = g Wᵀ
+        >>> bool(jnp.allclose(gx, jnp.ones((2, 3)) @ params["w"].T))
+        True
+        >>> per_example = jax.vmap(jax.grad(lambda p, x: f(p, x[None]).sum()), (None, 0))
+        >>> per_example(params, x)["w"].shape   # one ∂W per example, by dense's bwd
+        (2, 4, 3)
     """
     if not isinstance(layer, Layer):
         raise TypeError(f"custom_vjp: expected a fbp.Layer, got {type(layer).__name__}")

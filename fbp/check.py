@@ -19,15 +19,31 @@ from fbp.losses import Loss
 
 # Relative error allowed for manual vs jax.grad (by dtype) and manual vs finite differences.
 AUTODIFF_RTOL = {"float64": 1e-9, "float32": 1e-4, "bfloat16": 5e-2, "float16": 5e-2}
+"""The relative error `check_grads` allows between the manual gradient and `jax.grad`'s, by
+the dtype of the params."""
 FD_RTOL = 1e-6
+"""The relative error `check_grads` allows between the manual gradient (in float64) and
+central finite differences."""
 # A layer's own bwd against jax.vjp of its fwd, both in float64 at one point: they differ
 # by rounding (~1e-14) unless the bwd is wrong.
 LAYER_RTOL = 1e-7
+"""The relative error above which a layer's own bwd, against `jax.vjp` of its own fwd (both
+in float64, at the point one pass reached), makes it a faulty layer."""
 
 
 @dataclasses.dataclass(frozen=True)
 class LeafError:
-    """Errors of one parameter leaf's manual gradient (or of ∂L/∂x: path "x")."""
+    """Errors of one parameter leaf's manual gradient (or of ∂L/∂x: path "x").
+
+    Attributes:
+        path: the leaf's key path in the params (`[0]['w']`), or "x".
+        shape: the leaf's shape.
+        abs_err_autodiff: max |manual − jax.grad| over the leaf, in the params' dtype.
+        rel_err_autodiff: that, relative to the leaf's largest jax.grad entry (floored at
+            `SCALE_FLOOR` of the net's largest).
+        abs_err_fd: max |manual − finite differences| at the checked coordinates (float64).
+        rel_err_fd: that, relative to the leaf's scale.
+    """
 
     path: str
     shape: tuple[int, ...]
@@ -58,7 +74,16 @@ def _max_errors(a, b, floor: float = 0.0) -> tuple[float, float]:
 @dataclasses.dataclass(frozen=True)
 class LayerError:
     """One layer's own bwd against `jax.vjp` of its own fwd, at the input, params and
-    cotangent it met in one pass through the net (float64): relative errors of ∂θ and ∂x."""
+    cotangent it met in one pass through the net (float64): relative errors of ∂θ and ∂x.
+
+    Attributes:
+        path: where the layer sits: "" for the net itself, "serial[1]",
+            "serial[2]/residual[0]".
+        name: the layer's name ("dense(8)").
+        rel_err_params: relative error of its ∂θ (0 without parameters).
+        rel_err_x: relative error of its ∂x.
+        autodiff: its bwd is jax.vjp (`from_function`), so it agrees by construction.
+    """
 
     path: str           # where it sits: "" for the net itself, "serial[1]", "serial[2]/residual[0]"
     name: str
@@ -68,13 +93,45 @@ class LayerError:
 
     @property
     def label(self) -> str:
+        """`path name` ("serial[1] tanh"), or the name alone for the net itself."""
         return f"{self.path} {self.name}" if self.path else self.name
 
 
 @dataclasses.dataclass(frozen=True)
 class GradReport:
     """What `check_grads` found: one row per parameter leaf and one for ∂L/∂x, whether all
-    agree, and which layers' own backward passes do not (`faulty_layers`)."""
+    agree, and which layers' own backward passes do not (`faulty_layers`).
+
+    `report.ok` is the verdict; `str(report)` (or `report.table()`) the table.
+
+    Attributes:
+        name: what was checked ("serial(...) + mse", or the `name` given).
+        dtype: the dtype of the gradients ("float32").
+        loss_manual: the loss of the manual pass.
+        loss_autodiff: the loss of the jax.grad pass (the same forward: they agree).
+        leaves: one `LeafError` per parameter leaf, then one for x (floating x only).
+        autodiff_rtol: the tolerance against jax.grad (`AUTODIFF_RTOL` of the dtype).
+        fd_rtol: the tolerance against finite differences (`FD_RTOL`).
+        layers: one `LayerError` per layer in the net, the net itself first.
+        layer_rtol: the tolerance of a layer's own bwd (`LAYER_RTOL`).
+
+    Examples:
+        A layer whose backward doubles its gradient, caught and named:
+
+        >>> import dataclasses, jax, jax.numpy as jnp, fbp
+        >>> from fbp import layers as L, losses
+        >>> tanh = L.tanh()
+        >>> wrong = dataclasses.replace(tanh, bwd=lambda p, res, g: tanh.bwd(p, res, 2 * g))
+        >>> net = L.serial(L.dense(4), wrong)
+        >>> _, params = net.init(jax.random.key(0), (3, 2))
+        >>> x = jax.random.normal(jax.random.key(1), (3, 2))
+        >>> report = fbp.check_grads(net, losses.mse, params, x, jnp.zeros((3, 4)))
+        >>> report.ok, report.faulty_layers
+        (False, ['serial[1] tanh'])
+        >>> report.max_rel_err_autodiff > report.autodiff_rtol      # manual ≠ jax.grad
+        True
+        >>> print(report)                       # doctest: +SKIP
+    """
 
     name: str
     dtype: str
@@ -88,10 +145,12 @@ class GradReport:
 
     @property
     def max_rel_err_autodiff(self) -> float:
+        """The largest relative error against jax.grad, over the leaves and x."""
         return max((leaf.rel_err_autodiff for leaf in self.leaves), default=0.0)
 
     @property
     def max_rel_err_fd(self) -> float:
+        """The largest relative error against finite differences, over the leaves and x."""
         return max((leaf.rel_err_fd for leaf in self.leaves), default=0.0)
 
     @property
@@ -108,6 +167,8 @@ class GradReport:
 
     @property
     def ok(self) -> bool:
+        """The verdict: the losses agree and are finite, every leaf is within both
+        tolerances, and no layer is faulty."""
         loss_ok = math.isclose(self.loss_manual, self.loss_autodiff,
                                rel_tol=self.autodiff_rtol, abs_tol=self.autodiff_rtol)
         return (loss_ok and math.isfinite(self.loss_manual)
@@ -115,6 +176,15 @@ class GradReport:
                 and self.max_rel_err_fd <= self.fd_rtol and not self.faulty_layers)
 
     def table(self, *, header: bool = True) -> str:
+        """The report as a text table: a row per leaf (and x), then the faulty layers.
+
+        Args:
+            header: start with the column names (False: rows only, to append to another
+                report's table, as `fbp check` does).
+
+        Returns:
+            The table, one line per row.
+        """
         rows = []
         if header:
             rows.append(f"{'check':<44} {'param':<22} {'shape':<12} {'|Δ| auto':>9} "
@@ -241,19 +311,46 @@ def check_grads(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool =
     differentiable: a ReLU input exactly at 0 or a tie in a max makes autodiff pick an
     arbitrary subgradient.
 
+    Args:
+        net: the network.
+        loss: the loss.
+        params (pytree): the point to check at (their dtype sets the tolerance).
+        x (jax.Array): a batch of inputs.
+        y (jax.Array): its targets.
+        key (jax.Array | None): the key of the training pass (dropout); the same for every
+            pass, so all see one mask.
+        train: check the training pass (dropout, batch statistics) or, False, evaluation.
+        state (pytree | None): the net's state, for a stateful net.
+        fd_coords: how many random coordinates of each leaf (and of x) the finite
+            differences check.
+        fd_eps: ε of the central differences.
+        seed: picks those coordinates.
+        autodiff_rtol: the tolerance against jax.grad (default: `AUTODIFF_RTOL` of the
+            params' dtype, 1e-4 for one not listed).
+        fd_rtol: the tolerance against finite differences.
+        name: the report's name (default "net name + loss name").
+
+    Returns:
+        What was found; `report.ok` is the verdict.
+
+    Raises:
+        ValueError: a stateful net without `state=`.
+        AssertionError: the manual gradient's pytree structure differs from jax.grad's
+            (a bwd that returns grads not shaped like params).
+
     Examples:
-    >>> import jax, jax.numpy as jnp, fbp
-    >>> from fbp import layers as L, losses
-    >>> net = L.serial(L.dense(8), L.tanh(), L.dense(3))
-    >>> _, params = net.init(jax.random.key(0), (4, 5))
-    >>> x = jax.random.normal(jax.random.key(1), (4, 5))
-    >>> report = fbp.check_grads(net, losses.softmax_cross_entropy, params, x, jnp.array([0, 2, 1, 0]))
-    >>> report.ok, report.faulty_layers
-    (True, [])
-    >>> [leaf.path for leaf in report.leaves]      # one row per parameter leaf, and x
-    ["[0]['b']", "[0]['w']", "[2]['b']", "[2]['w']", 'x']
-    >>> [layer.label for layer in report.layers]   # each layer's bwd against jax.vjp
-    ['serial(dense(8), tanh, dense(3))', 'serial[0] dense(8)', 'serial[1] tanh', 'serial[2] dense(3)']
+        >>> import jax, jax.numpy as jnp, fbp
+        >>> from fbp import layers as L, losses
+        >>> net = L.serial(L.dense(8), L.tanh(), L.dense(3))
+        >>> _, params = net.init(jax.random.key(0), (4, 5))
+        >>> x = jax.random.normal(jax.random.key(1), (4, 5))
+        >>> report = fbp.check_grads(net, losses.softmax_cross_entropy, params, x, jnp.array([0, 2, 1, 0]))
+        >>> report.ok, report.faulty_layers
+        (True, [])
+        >>> [leaf.path for leaf in report.leaves]      # one row per parameter leaf, and x
+        ["[0]['b']", "[0]['w']", "[2]['b']", "[2]['w']", 'x']
+        >>> [layer.label for layer in report.layers]   # each layer's bwd against jax.vjp
+        ['serial(dense(8), tanh, dense(3))', 'serial[0] dense(8)', 'serial[1] tanh', 'serial[2] dense(3)']
     """
     if net.stateful and state is None:
         init_state = "init(key, input_shape)[2]"
@@ -415,7 +512,18 @@ def random_params(key, params, scale: float = 0.5):
 
 
 def check_builtins(dtypes=("float64", "float32"), seed: int = 0) -> list[GradReport]:
-    """Run `check_grads` over every built-in layer and loss, in each dtype."""
+    """Run `check_grads` over every built-in layer and loss, in each dtype.
+
+    What `fbp check` runs: each built-in layer in a small net, with random params (no zero
+    biases) and inputs, and each loss with fitting targets (`builtin_cases`).
+
+    Args:
+        dtypes (tuple[str, ...]): the dtypes to check in ("float64", "float32", ...).
+        seed: the seed of the random params, inputs and targets.
+
+    Returns:
+        One report per case and dtype, named "case [dtype]".
+    """
     reports = []
     with jax.enable_x64(True):
         for i, (name, net, loss, in_shape, make_target, needs_key) in enumerate(builtin_cases()):

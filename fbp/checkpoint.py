@@ -29,6 +29,7 @@ import numpy as np
 from fbp.io import CheckpointError, _check_unique, _decode, _encode, _path_name, write_atomic
 
 FORMAT = "fbp-checkpoint/2"
+"""The format name a checkpoint carries in its header (`read` refuses any other)."""
 
 __all__ = ["CheckpointError", "FORMAT", "tensor_name", "to_bytes", "save",
            "read", "unflatten", "load", "check_output_dir", "check_output_file"]
@@ -38,7 +39,24 @@ __all__ = ["CheckpointError", "FORMAT", "tensor_name", "to_bytes", "save",
 
 def tensor_name(path) -> str:
     """The name of a leaf from its key path: entries joined by "/" ("state/params/0/w");
-    "." for a tree that is a single leaf."""
+    "." for a tree that is a single leaf.
+
+    Args:
+        path (tuple): a key path, as `jax.tree_util.tree_leaves_with_path` gives it.
+
+    Returns:
+        The name ("%" and "/" inside a key are escaped as "%25" and "%2F").
+
+    Raises:
+        TypeError: a key entry of an unknown kind.
+
+    Examples:
+        >>> import jax
+        >>> from fbp.checkpoint import tensor_name
+        >>> tree = {"params": ({"w": 1, "b": 2},), "step": 3}
+        >>> [tensor_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+        ['params/0/b', 'params/0/w', 'step']
+    """
     return _path_name(path)
 
 
@@ -54,14 +72,53 @@ def _named_leaves(tree) -> list[tuple[str, Any]]:
 # --- writing ----------------------------------------------------------------------------------
 
 def to_bytes(tree: Any, metadata: dict | None = None) -> bytes:
-    """The checkpoint file's bytes: the leaves by name, the metadata JSON, their checksums."""
+    """The checkpoint file's bytes: the leaves by name, the metadata JSON, their checksums.
+
+    Args:
+        tree: a pytree of arrays (jax or NumPy; a typed PRNG key must be saved as its
+            `jax.random.key_data`).
+        metadata: JSON-able data to keep with it (default: none).
+
+    Returns:
+        The safetensors file's bytes.
+
+    Raises:
+        ValueError: two leaves get the same name (dict keys such as 1 and "1").
+        TypeError: a leaf that is a typed PRNG key array, or a key entry of an unknown kind.
+    """
     return _encode(dict(_named_leaves(tree)), metadata, FORMAT)
 
 
 def save(path: str | os.PathLike, tree: Any, metadata: dict | None = None, *,
          previous: str | os.PathLike | None = None) -> None:
     """Save a pytree of arrays (and JSON-able metadata) to a safetensors file, atomically;
-    with `previous`, the file it replaces is kept there (see `fbp.io.write_atomic`)."""
+    with `previous`, the file it replaces is kept there (see `fbp.io.write_atomic`).
+
+    Args:
+        path: the file to write (replaced once the new one is whole on disk).
+        tree: a pytree of arrays.
+        metadata: JSON-able data to keep with it (default: none).
+        previous: where to keep the file `path` held before, if any.
+
+    Raises:
+        ValueError: two leaves get the same name.
+        TypeError: a leaf that is a typed PRNG key array.
+        OSError: the write failed (the file at `path` is left as it was).
+
+    Examples:
+        >>> import os, tempfile, numpy as np
+        >>> from fbp import checkpoint
+        >>> tree = {"params": ({"w": np.ones((2, 2), np.float32)},), "step": np.int32(3)}
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "run.safetensors")
+        ...     checkpoint.save(path, tree, {"epoch": 1})
+        ...     stored, metadata = checkpoint.read(path)        # tensors by name, verified
+        ...     restored, _ = checkpoint.load(path, tree)       # in the template's structure
+        >>> sorted(stored), metadata
+        (['params/0/w', 'step'], {'epoch': 1})
+        >>> restored["params"][0]["w"].tolist(), int(restored["step"])
+        ([[1.0, 1.0], [1.0, 1.0]], 3)
+    """
     write_atomic(path, to_bytes(tree, metadata), previous=previous)
 
 
@@ -71,7 +128,19 @@ def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     """(tensors by name, metadata) of a checkpoint, every checksum verified.
 
     Raises `CheckpointError` for a file that is not whole and unchanged since fbp wrote it
-    (FileNotFoundError / PermissionError pass through)."""
+    (FileNotFoundError / PermissionError pass through).
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        (tensors, metadata): NumPy arrays by tensor name, and the metadata saved with them.
+
+    Raises:
+        CheckpointError: the file is truncated, damaged or edited, or is not a checkpoint
+            (a params file of `fbp.io.save_params` is named as such).
+        FileNotFoundError: there is no file at `path`.
+    """
     return _decode(path, FORMAT, "checkpoint", _params_file_hint)
 
 
@@ -84,7 +153,20 @@ def _params_file_hint(found: str | None) -> str:
 
 def unflatten(path: str | os.PathLike, stored: dict[str, np.ndarray], template: Any) -> Any:
     """The tensors of `read` in the structure of `template` (names, shapes and dtypes must
-    match; a mismatch is a ValueError naming the file, the leaf and both sides)."""
+    match; a mismatch is a ValueError naming the file, the leaf and both sides).
+
+    Args:
+        path: the file the tensors came from (for the error messages).
+        stored: the tensors by name, as `read` returns them.
+        template: a pytree of the structure, shapes and dtypes expected (arrays, or
+            anything with `shape` and `dtype`).
+
+    Returns:
+        The template's structure holding the stored NumPy arrays.
+
+    Raises:
+        ValueError: a tensor missing or not expected, or of another shape or dtype.
+    """
     named = _named_leaves(template)
     names = [n for n, _ in named]
     if set(names) != set(stored):
@@ -102,7 +184,23 @@ def unflatten(path: str | os.PathLike, stored: dict[str, np.ndarray], template: 
 
 
 def load(path: str | os.PathLike, template: Any) -> tuple[Any, dict]:
-    """Load a checkpoint, verified, into the structure of `template`: (tree, metadata)."""
+    """Load a checkpoint, verified, into the structure of `template`: (tree, metadata).
+
+    `read` then `unflatten` (see `save` for an example).
+
+    Args:
+        path: the checkpoint file.
+        template: a pytree of the structure, shapes and dtypes expected.
+
+    Returns:
+        (tree, metadata): the template's structure holding the stored NumPy arrays, and
+            the metadata saved with them.
+
+    Raises:
+        CheckpointError: the file is truncated, damaged or edited, or is not a checkpoint.
+        ValueError: the file does not fit the template.
+        FileNotFoundError: there is no file at `path`.
+    """
     stored, metadata = read(path)
     return unflatten(path, stored, template), metadata
 
@@ -119,7 +217,18 @@ def _writable(folder: Path) -> bool:
 def check_output_dir(path: str | os.PathLike) -> Path:
     """Check, before any work, that `path` is a folder that exists or can be made, and that
     files can be written there. ValueError (a file in the way) or PermissionError, both
-    naming the path; nothing is created."""
+    naming the path; nothing is created.
+
+    Args:
+        path: the folder.
+
+    Returns:
+        `path`, as a Path.
+
+    Raises:
+        ValueError: `path`, or a folder above it, is a file.
+        PermissionError: the folder (or the nearest existing one above it) is not writable.
+    """
     path = Path(path)
     try:
         existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
@@ -136,7 +245,18 @@ def check_output_dir(path: str | os.PathLike) -> Path:
 
 
 def check_output_file(path: str | os.PathLike) -> Path:
-    """Check, before any work, that a file can be written (atomically) at `path`."""
+    """Check, before any work, that a file can be written (atomically) at `path`.
+
+    Args:
+        path: the file.
+
+    Returns:
+        `path`, as a Path.
+
+    Raises:
+        ValueError: `path` is a folder, or a file is in the way of its folder.
+        PermissionError: its folder is not writable.
+    """
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a directory, not a file")

@@ -527,6 +527,9 @@ def main(argv=None) -> int:
             p.error(BENCH_ELSEWHERE)
         benchmarks.add_arguments(p)
 
+    if not argv:  # `fbp` alone: what it can do, as `fbp --help` says it
+        parser.print_help()
+        return 0
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the subcommand's parser: `fbp train: error: ...`
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 Split = tuple[np.ndarray, np.ndarray]
+"""One split of a data set: (x, y)."""
 
 
 def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,18 +93,70 @@ DATASETS = {
     "spirals": _spirals,
     "linear": _linear,
 }
+"""The named data sets `load` takes, each a function of the seed: digits (8×8 images of
+0-9, 64 features), iris (4 features, 3 classes), breast_cancer (30 features, 2 classes),
+diabetes (10 features, a regression), xor (the four XOR points, train = test), spirals (two
+interleaved spirals, 2 classes) and linear (y = x w + b + noise, 5 features)."""
 CLASSIFICATION = {"digits", "iris", "breast_cancer", "spirals"}
+"""The data sets of `DATASETS` whose targets are class labels (xor's are 0/1 floats, for a
+regression or binary cross-entropy)."""
 
 
 def load(name: str, *, seed: int = 0) -> tuple[Split, Split]:
-    """((x_train, y_train), (x_test, y_test)) of a named data set; see `DATASETS`."""
+    """((x_train, y_train), (x_test, y_test)) of a named data set; see `DATASETS`.
+
+    Features are float32, standardized with the training split's mean and standard
+    deviation; classification labels are int32 class indices, regression targets float32
+    columns (n, 1), standardized too. The 80/20 split (stratified for classification) is
+    fixed by `seed`. Nothing is downloaded: the real data sets ship with scikit-learn.
+
+    Args:
+        name: a key of `DATASETS`: "digits", "iris", "breast_cancer", "diabetes", "xor",
+            "spirals" or "linear".
+        seed: fixes the split (and the points of the synthetic sets).
+
+    Returns:
+        ((x_train, y_train), (x_test, y_test)) as NumPy arrays.
+
+    Raises:
+        ValueError: an unknown name.
+
+    Examples:
+        >>> from fbp import data
+        >>> (x_train, y_train), (x_test, y_test) = data.load("iris")
+        >>> x_train.shape, y_train.shape, x_test.shape       # 150 flowers, split 80/20
+        ((120, 4), (120,), (30, 4))
+        >>> x_train.dtype, y_train.dtype, data.num_classes(y_train)
+        (dtype('float32'), dtype('int32'), 3)
+        >>> bool(abs(x_train.mean(axis=0)).max() < 1e-5)   # standardized on the training split
+        True
+        >>> (x, y), _ = data.load("xor")                     # the four XOR points
+        >>> x.tolist(), y.ravel().tolist()
+        ([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]], [0.0, 1.0, 1.0, 0.0])
+        >>> data.load("mnist")
+        Traceback (most recent call last):
+        ValueError: unknown data set 'mnist'; available: breast_cancer, diabetes, digits, iris, ...
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; available: {', '.join(sorted(DATASETS))}")
     return DATASETS[name](seed)
 
 
 def num_classes(y: np.ndarray) -> int:
-    """The number of classes of int labels 0..C-1 (the largest label + 1)."""
+    """The number of classes of int labels 0..C-1 (the largest label + 1).
+
+    Args:
+        y: integer class labels.
+
+    Returns:
+        The largest label + 1.
+
+    Examples:
+        >>> import numpy as np
+        >>> from fbp import data
+        >>> data.num_classes(np.array([0, 2, 1, 2]))
+        3
+    """
     return int(np.max(y)) + 1
 
 
@@ -115,7 +168,13 @@ TASKS = ("classification", "regression")
 
 class DataFileError(ValueError):
     """A data file that `load_file` cannot use. `argument` names what is wrong: "path" (the
-    file and what is in it) or "target" (the column to predict)."""
+    file and what is in it) or "target" (the column to predict).
+
+    A ValueError; its message names the file and, where it can, the array, column or line.
+
+    Attributes:
+        argument: "path" or "target".
+    """
 
     def __init__(self, message: str, argument: str = "path"):
         super().__init__(message)
@@ -137,6 +196,35 @@ def load_file(path, *, target: str | None = None, task: str = "classification",
     Raises FileNotFoundError for a missing file, and `DataFileError` (a ValueError) naming
     the file, array, column or line for anything it cannot use: a missing array or column,
     a non-numeric or missing value, x and y of different lengths, too few examples.
+
+    Args:
+        path (str | os.PathLike): the `.npz` or `.csv` file.
+        target: the CSV column to predict (required for a CSV file, refused for a .npz).
+        task: "classification" or "regression".
+        seed: fixes the 80/20 split.
+
+    Returns:
+        ((x_train, y_train), (x_test, y_test)): float32 features, standardized; int32
+            labels 0..C-1, or float32 regression targets (n, k), standardized.
+
+    Raises:
+        FileNotFoundError: there is no file at `path`.
+        DataFileError: the file cannot be used (see above; a ValueError).
+        ValueError: `task` is neither "classification" nor "regression".
+
+    Examples:
+        >>> import os, tempfile, numpy as np
+        >>> from fbp import data
+        >>> x = np.random.default_rng(0).normal(size=(50, 3))
+        >>> y = np.array(["cat", "dog"] * 25)                # string labels
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     np.savez(os.path.join(tmp, "pets.npz"), x=x, y=y)
+        ...     (x_train, y_train), (x_test, y_test) = data.load_file(os.path.join(tmp, "pets.npz"))
+        >>> x_train.shape, x_test.shape                       # split 80/20
+        ((40, 3), (10, 3))
+        >>> sorted(set(y_train.tolist()))                     # "cat", "dog" -> 0, 1
+        [0, 1]
+        >>> data.load_file("houses.csv", target="price", task="regression")  # doctest: +SKIP
     """
     if task not in TASKS:
         raise ValueError(f"load_file: task must be one of {', '.join(TASKS)}, got {task!r}")

@@ -44,13 +44,33 @@ from safetensors.numpy import save as _safetensors_bytes
 from fbp._layer import Layer, default_float_dtype, init_with_state, stateful_layers
 
 PARAMS_FORMAT = "fbp-params/1"
+"""The format name a params file carries in its header (`load_params` refuses any other)."""
 
 __all__ = ["save_params", "load_params", "write_atomic", "CheckpointError", "PARAMS_FORMAT"]
 
 
 class CheckpointError(ValueError):
     """A saved file (a checkpoint or a params file) that cannot be trusted: truncated,
-    damaged, edited, or not fbp's."""
+    damaged, edited, or not fbp's.
+
+    Its message names the file and what is wrong with it.
+
+    Examples:
+        >>> import os, tempfile, numpy as np
+        >>> from fbp import checkpoint
+        >>> from fbp.io import CheckpointError
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "run.safetensors")
+        ...     checkpoint.save(path, {"w": np.zeros(4, np.float32)})
+        ...     with open(path, "r+b") as f:             # flip a bit of w's last byte
+        ...         _ = f.seek(-1, os.SEEK_END)
+        ...         _ = f.write(bytes([1]))
+        ...     try:
+        ...         checkpoint.read(path)
+        ...     except CheckpointError as e:
+        ...         print(str(e).split(" holds ")[1])
+        w with bytes that do not match its checksum; it was damaged or edited after fbp wrote it
+    """
 
 
 # --- writing a file atomically ----------------------------------------------------------------
@@ -452,7 +472,7 @@ def load_params(path: str | os.PathLike, net: Layer, input_shape: tuple[int, ...
 
     Returns:
         (params, net_state): net_state is the running statistics of a stateful net (e.g.
-        batch_norm), `{}` for a stateless one.
+            batch_norm), `{}` for a stateless one.
 
     Raises:
         CheckpointError: (a ValueError) the file is truncated, damaged or edited (a
@@ -469,6 +489,21 @@ def load_params(path: str | os.PathLike, net: Layer, input_shape: tuple[int, ...
         >>> net = L.serial(L.conv2d(8, 3), L.relu(), L.flatten(), L.dense(10))
         >>> params, net_state = load_params("digits.safetensors", net, (1, 8, 8, 1))  # doctest: +SKIP
         >>> logits = fbp.train.predict(net, params, x, state=net_state)  # doctest: +SKIP
+
+        A round trip, in a temporary folder:
+
+        >>> import os, tempfile, jax, jax.numpy as jnp
+        >>> from fbp.io import save_params
+        >>> net = L.serial(L.dense(4), L.batch_norm(), L.dense(2))
+        >>> _, params, state = net.init(jax.random.key(0), (1, 3))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = save_params(os.path.join(tmp, "net.safetensors"), net, params, state=state)
+        ...     loaded, loaded_state = load_params(path, net, (1, 3))
+        >>> all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves((params, state)),
+        ...                                                 jax.tree.leaves((loaded, loaded_state))))
+        True
+        >>> jax.tree.map(jnp.shape, loaded_state)      # batch_norm's running statistics
+        ({}, {'mean': (4,), 'var': (4,)}, {})
     """
     if not isinstance(net, Layer):
         raise TypeError(f"load_params: expected a fbp.Layer as net, got {type(net).__name__}")

@@ -34,7 +34,16 @@ SCALE_FLOOR = 1e-2  # a leaf's scale is floored at 1% of the layer's largest gra
 
 @dataclasses.dataclass(frozen=True)
 class GradRow:
-    """One parameter leaf (or x): the bwd's gradient against jax.vjp and finite differences."""
+    """One parameter leaf (or x): the bwd's gradient against jax.vjp and finite differences.
+
+    Attributes:
+        path: the leaf's key path in the params (`['w']`), or "x".
+        shape: the gradient's shape.
+        rel_err_vjp: relative error against jax.vjp, in the checked dtype.
+        rel_err_fd: relative error against central finite differences, in float64.
+        ok: both within their tolerances.
+        note: a remark ("integer input: no gradient"), or "".
+    """
 
     path: str
     shape: tuple[int, ...]
@@ -46,7 +55,13 @@ class GradRow:
 
 @dataclasses.dataclass(frozen=True)
 class ContractCheck:
-    """One clause of the layer contract, and whether the layer keeps it."""
+    """One clause of the layer contract, and whether the layer keeps it.
+
+    Attributes:
+        what: the clause ("residuals are arrays only").
+        ok: whether the layer keeps it.
+        detail: what is wrong when it does not ("" otherwise).
+    """
 
     what: str
     ok: bool
@@ -56,7 +71,31 @@ class ContractCheck:
 @dataclasses.dataclass(frozen=True)
 class LayerReport:
     """What `check_layer` found: `.ok`, `.rows` (one per parameter leaf, then x) and
-    `.contract`; `str(report)` is the table."""
+    `.contract`; `str(report)` is the table.
+
+    Attributes:
+        name: the layer's name.
+        dtype: the dtype checked in.
+        train: whether the training pass was checked.
+        input_shape: the input shape checked at.
+        rows: one `GradRow` per parameter leaf, then x.
+        contract: one `ContractCheck` per clause of the layer contract.
+        vjp_rtol: the tolerance against jax.vjp (`VJP_RTOL` of the dtype).
+        fd_rtol: the tolerance against finite differences (`FD_RTOL`).
+        autodiff: the layer's bwd is jax.vjp (`from_function`), not written by hand.
+
+    Examples:
+        >>> import fbp
+        >>> from fbp import layers as L
+        >>> report = fbp.check_layer(L.dense(3), (2, 4))
+        >>> report.ok, report.failures
+        (True, [])
+        >>> [row.path for row in report.rows]            # each parameter leaf, then x
+        ["['b']", "['w']", 'x']
+        >>> [c.what for c in report.contract][:3]
+        ['∂θ shaped and typed like params', '∂x shaped and typed like x', 'residuals are arrays only']
+        >>> print(report)                               # doctest: +SKIP
+    """
 
     name: str
     dtype: str
@@ -70,15 +109,18 @@ class LayerReport:
 
     @property
     def ok(self) -> bool:
+        """Every gradient row and every contract clause passed."""
         return all(r.ok for r in self.rows) and all(c.ok for c in self.contract)
 
     @property
     def failures(self) -> list[str]:
+        """One line per failed row or clause (empty when `ok`)."""
         return ([f"{r.path}: rel err vs jax.vjp {r.rel_err_vjp:.1e}, vs finite differences "
                  f"{r.rel_err_fd:.1e}" for r in self.rows if not r.ok]
                 + [f"{c.what}: {c.detail}" for c in self.contract if not c.ok])
 
     def table(self) -> str:
+        """The gradient rows and the contract clauses as a text table."""
         lines = [f"{'gradient':<26} {'shape':<16} {'rel vs vjp':>10} {'rel vs fd':>10}  ok"]
         for r in self.rows:
             lines.append(f"{r.path[:26]:<26} {str(r.shape)[:16]:<16} {r.rel_err_vjp:10.1e} "
@@ -158,22 +200,43 @@ def check_layer(layer: Layer, input_shape: Shape, *, key: jax.Array | None = Non
     train=True checks the training pass (dropout, batch statistics); a key for the layer is
     drawn from `key` then.
 
+    Args:
+        layer: the layer to check.
+        input_shape: the input's shape, batch first.
+        key: the key of the random point (and of the layer's key when train=True);
+            default `jax.random.key(0)`.
+        train: check the training pass instead of evaluation.
+        dtype: the dtype to check in: "float64" (default), "float32", "bfloat16" or
+            "float16"; it sets the tolerance against jax.vjp (`VJP_RTOL`).
+        x (jax.Array | None): the input to check at instead of a normal one (integer ids
+            for an embedding, or a point away from a kink).
+        fd_coords: how many random coordinates of each leaf (and of x) the finite
+            differences check.
+        fd_eps: ε of the central differences.
+
+    Returns:
+        What was found; `report.ok` is the verdict, `str(report)` the table.
+
+    Raises:
+        TypeError: `layer` is not a fbp.Layer.
+        ValueError: `dtype` is not one of those four.
+
     Examples:
-    >>> import jax.numpy as jnp, fbp
-    >>> def scale(c):                       # y = c·x, backward ∂x = c·g
-    ...     def init(key, input_shape):
-    ...         return input_shape, {}
-    ...     def fwd(params, x, *, key=None, train=False):
-    ...         return c * x, ()
-    ...     def bwd(params, res, g):
-    ...         return {}, c * g
-    ...     return fbp.Layer(f"scale({c})", init, fwd, bwd)
-    >>> fbp.check_layer(scale(3.0), (4, 5)).ok
-    True
-    >>> import dataclasses
-    >>> wrong = dataclasses.replace(scale(3.0), bwd=lambda params, res, g: ({}, 2 * 3.0 * g))
-    >>> fbp.check_layer(wrong, (4, 5)).ok
-    False
+        >>> import jax.numpy as jnp, fbp
+        >>> def scale(c):                       # y = c·x, backward ∂x = c·g
+        ...     def init(key, input_shape):
+        ...         return input_shape, {}
+        ...     def fwd(params, x, *, key=None, train=False):
+        ...         return c * x, ()
+        ...     def bwd(params, res, g):
+        ...         return {}, c * g
+        ...     return fbp.Layer(f"scale({c})", init, fwd, bwd)
+        >>> fbp.check_layer(scale(3.0), (4, 5)).ok
+        True
+        >>> import dataclasses
+        >>> wrong = dataclasses.replace(scale(3.0), bwd=lambda params, res, g: ({}, 2 * 3.0 * g))
+        >>> fbp.check_layer(wrong, (4, 5)).ok
+        False
     """
     if not isinstance(layer, Layer):
         raise TypeError(f"check_layer: expected a fbp.Layer, got {type(layer).__name__}")

@@ -38,6 +38,34 @@ class Loss:
 
     ignore_index: for a loss of integer labels, the label that marks padding (it counts in
     neither the loss nor `evaluate`'s accuracy, and `fit` lets it through); None: none.
+
+    A loss of one's own is the two functions; everything that takes a loss
+    (`fbp.value_and_grad`, `fit`, `check_grads`) then runs its `bwd`.
+
+    Attributes:
+        name: how reports and errors name the loss ("mse").
+        fwd: `fwd(pred, target) -> (value, res)`: the scalar loss and what `bwd` needs.
+        bwd: `bwd(res, g) -> g · ∂L/∂pred`, shaped like `pred`; `g` is the scalar
+            cotangent of the loss (1 for a plain gradient).
+        ignore_index: the padding label of an integer-label loss, or None.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp.losses import Loss
+        >>> def mae_fwd(pred, target):         # L = (1/N) Σ |p − t|
+        ...     r = pred - target
+        ...     return jnp.mean(jnp.abs(r)), r
+        >>> def mae_bwd(r, g):                 # ∂L/∂p = sign(p − t) / N
+        ...     return g * jnp.sign(r) / r.size
+        >>> mae = Loss("mae", mae_fwd, mae_bwd)
+        >>> pred, target = jnp.array([1.0, -2.0, 0.5]), jnp.zeros(3)
+        >>> float(mae(pred, target))           # (1 + 2 + 0.5) / 3
+        1.16666...
+        >>> value, grad = mae.value_and_grad(pred, target)
+        >>> grad.tolist()
+        [0.3333333..., -0.3333333..., 0.3333333...]
+        >>> bool(jnp.allclose(grad, jax.grad(mae)(pred, target)))   # bwd against autodiff
+        True
     """
 
     name: str
@@ -49,7 +77,15 @@ class Loss:
         return self.fwd(pred, target)[0]
 
     def value_and_grad(self, pred: Array, target: Array) -> tuple[Array, Array]:
-        """(L, ∂L/∂pred) by the hand-written gradient."""
+        """(L, ∂L/∂pred) by the hand-written gradient.
+
+        Args:
+            pred: the predictions (a floating array).
+            target: the targets, as this loss takes them.
+
+        Returns:
+            (L, ∂L/∂pred): the scalar loss, and its gradient shaped like `pred`.
+        """
         value, res = self.fwd(pred, target)
         return value, self.bwd(res, jnp.ones_like(value))
 
@@ -89,6 +125,40 @@ def _mse_bwd(r, g):
 
 
 mse = Loss("mse", _mse_fwd, _mse_bwd)
+"""Mean squared error over all elements.
+
+    forward:   L = (1/N) Σ (p − t)²          (N: every element of pred)
+    backward:  ∂L/∂p = 2 (p − t) / N
+
+Called as `mse(pred, target)`; `mse.value_and_grad(pred, target)` adds the gradient.
+
+Args:
+    pred (jax.Array): the predictions, any shape, floating.
+    target (jax.Array): the targets, the same shape as `pred` (no broadcasting); cast to
+        `pred`'s dtype.
+
+Returns:
+    (jax.Array): the scalar loss, in `pred`'s dtype.
+
+Raises:
+    TypeError: `pred` is not a floating-point array.
+    ValueError: `pred` and `target` differ in shape.
+
+Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from fbp import losses
+    >>> pred = jnp.array([[0.5, -1.0], [2.0, 0.0]])
+    >>> target = jnp.array([[0.0, -1.0], [1.0, 1.0]])
+    >>> float(losses.mse(pred, target))            # (0.25 + 0 + 1 + 1) / 4
+    0.5625
+    >>> bool(jnp.isclose(losses.mse(pred, target), optax.squared_error(pred, target).mean()))
+    True
+    >>> value, grad = losses.mse.value_and_grad(pred, target)
+    >>> grad.tolist()                              # 2 (p − t) / N
+    [[0.25, 0.0], [0.5, -0.5]]
+    >>> bool(jnp.allclose(grad, jax.grad(losses.mse)(pred, target)))
+    True
+"""
 
 
 # --- Huber --------------------------------------------------------------------------------
@@ -98,6 +168,36 @@ def huber_loss(delta: float = 1.0) -> Loss:
 
     ℓ(r) = ½ r² for |r| ≤ δ,  δ(|r| − ½ δ) otherwise;   r = p − t,  L = (1/N) Σ ℓ(r).
     Backward: ∂L/∂p = clip(r, −δ, δ) / N.
+
+    The loss it returns is called like `mse`: `loss(pred, target)`, a target shaped like
+    `pred`.
+
+    Args:
+        delta: δ, where the quadratic turns linear (default 1.0, the loss `huber`).
+
+    Returns:
+        The Huber loss with this δ, named "huber" (δ = 1) or "huber(delta=δ)".
+
+    Raises:
+        ValueError: `delta` is not positive.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from fbp import losses
+        >>> pred, target = jnp.array([0.5, 3.0, -2.0]), jnp.zeros(3)
+        >>> loss = losses.huber_loss(delta=1.0)
+        >>> float(loss(pred, target))      # (½·0.5² + (3 − ½) + (2 − ½)) / 3
+        1.375
+        >>> bool(jnp.isclose(loss(pred, target), optax.huber_loss(pred, target, delta=1.0).mean()))
+        True
+        >>> grad = loss.value_and_grad(pred, target)[1]
+        >>> grad.tolist()                  # clip(r, −1, 1) / 3
+        [0.1666666..., 0.3333333..., -0.3333333...]
+        >>> bool(jnp.allclose(grad, jax.grad(loss)(pred, target)))
+        True
+        >>> losses.huber_loss(0.0)
+        Traceback (most recent call last):
+        ValueError: huber: delta must be positive, got 0.0
     """
     if not delta > 0:
         raise ValueError(f"huber: delta must be positive, got {delta!r}")
@@ -117,6 +217,32 @@ def huber_loss(delta: float = 1.0) -> Loss:
 
 
 huber = huber_loss(1.0)
+"""Huber loss with δ = 1: `huber_loss(1.0)`, quadratic for |p − t| ≤ 1, linear beyond.
+
+    forward:   ℓ(r) = ½ r² for |r| ≤ 1,  |r| − ½ otherwise;   r = p − t,  L = (1/N) Σ ℓ(r)
+    backward:  ∂L/∂p = clip(r, −1, 1) / N
+
+Args:
+    pred (jax.Array): the predictions, any shape, floating.
+    target (jax.Array): the targets, the same shape as `pred`.
+
+Returns:
+    (jax.Array): the scalar loss.
+
+Raises:
+    TypeError: `pred` is not a floating-point array.
+    ValueError: `pred` and `target` differ in shape.
+
+Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from fbp import losses
+    >>> pred, target = jnp.array([[0.2, -4.0], [1.5, 0.0]]), jnp.zeros((2, 2))
+    >>> value, grad = losses.huber.value_and_grad(pred, target)
+    >>> bool(jnp.isclose(value, optax.huber_loss(pred, target).mean()))
+    True
+    >>> bool(jnp.allclose(grad, jax.grad(losses.huber)(pred, target)))
+    True
+"""
 
 
 # --- softmax cross-entropy ----------------------------------------------------------------
@@ -204,6 +330,51 @@ def _ce_bwd(res, g):
 
 
 softmax_cross_entropy = Loss("softmax_cross_entropy", _ce_fwd, _ce_bwd)
+"""Softmax cross-entropy of logits, averaged over the rows (every axis but the last).
+
+    forward:   L = −(1/B) Σ_b Σ_c t_bc log softmax(z_b)_c,
+                   log softmax(z) = z − max z − log Σ e^{z − max z}
+    backward:  ∂L/∂z_b = (softmax(z_b) Σ_c t_bc − t_b) / B
+                       (= (p − t)/B for a one-hot target or a distribution)
+
+Integer labels t_b pick one term: −log softmax(z_b)_{t_b}. A label outside [0, C)
+(negative ones too) is refused when the labels are NumPy (and by fit/evaluate); in a
+jax.Array, where it is not checked, it makes L NaN and its row gets a zero gradient.
+Padding to leave out: `softmax_cross_entropy_with_ignore`.
+
+Args:
+    pred (jax.Array): the logits z, (..., C), floating.
+    target (jax.Array | numpy.ndarray): integer labels in [0, C), shaped like the logits
+        without their last axis; or one-hot or soft targets shaped like the logits.
+
+Returns:
+    (jax.Array): the scalar loss.
+
+Raises:
+    TypeError: the logits are not floating-point.
+    ValueError: the target's shape fits neither form, or a NumPy label lies outside [0, C).
+
+Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, optax
+    >>> from fbp import losses
+    >>> logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    >>> labels = jnp.array([0, 2])
+    >>> value = losses.softmax_cross_entropy(logits, labels)
+    >>> ref = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    >>> bool(jnp.isclose(value, ref))
+    True
+    >>> onehot = jax.nn.one_hot(labels, 3)       # one-hot (or soft) targets: the same loss
+    >>> bool(jnp.isclose(losses.softmax_cross_entropy(logits, onehot), value))
+    True
+    >>> grad = losses.softmax_cross_entropy.value_and_grad(logits, labels)[1]
+    >>> bool(jnp.allclose(grad, (jax.nn.softmax(logits) - onehot) / 2))    # (p − t) / B
+    True
+    >>> bool(jnp.allclose(grad, jax.grad(losses.softmax_cross_entropy)(logits, labels)))
+    True
+    >>> losses.softmax_cross_entropy(logits, np.array([0, 3]))
+    Traceback (most recent call last):
+    ValueError: softmax_cross_entropy: labels must lie in [0, 3); 1 of 2 do not (from 3 to 3)
+"""
 
 
 def softmax_cross_entropy_with_ignore(ignore_index: int = -100) -> Loss:
@@ -219,6 +390,34 @@ def softmax_cross_entropy_with_ignore(ignore_index: int = -100) -> Loss:
     counts. Any other label outside [0, C) is refused when the labels are NumPy (and by
     fit/evaluate); in a jax.Array it makes L NaN, as in `softmax_cross_entropy`.
     `evaluate`'s accuracy leaves the same rows out.
+
+    The loss it returns takes logits (..., C) and integer labels shaped like the logits
+    without their last axis (one-hot or soft targets are refused: the padding is a label).
+
+    Args:
+        ignore_index: the label of the rows to leave out (default -100, PyTorch's).
+
+    Returns:
+        The loss, named "softmax_cross_entropy(ignore_index=...)", with `ignore_index`
+            set (so `fit` and `evaluate` know the padding label).
+
+    Raises:
+        ValueError: `ignore_index` is not an int.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import losses
+        >>> loss = losses.softmax_cross_entropy_with_ignore(ignore_index=-100)
+        >>> logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0], [5.0, -5.0, 5.0]])
+        >>> labels = jnp.array([0, 2, -100])          # the last row is padding
+        >>> plain = losses.softmax_cross_entropy(logits[:2], labels[:2])   # the kept rows
+        >>> bool(jnp.isclose(loss(logits, labels), plain))
+        True
+        >>> grad = loss.value_and_grad(logits, labels)[1]
+        >>> grad[2].tolist()                          # padding gets no gradient
+        [0.0, 0.0, 0.0]
+        >>> bool(jnp.allclose(grad, jax.grad(loss)(logits, labels)))
+        True
     """
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
         raise ValueError(f"softmax_cross_entropy_with_ignore: ignore_index must be an int, "
@@ -264,7 +463,60 @@ def _bce_bwd(res, g):
 
 
 binary_cross_entropy = Loss("binary_cross_entropy", _bce_fwd, _bce_bwd)
+"""Binary cross-entropy of logits z (a sigmoid inside), averaged over all elements.
 
+    forward:   L = (1/N) Σ [log(1 + eᶻ) − t z] = (1/N) Σ [max(z, 0) − t z + log(1 + e^{−|z|})]
+    backward:  ∂L/∂z = (σ(z) − t) / N
+
+The second form is the one computed: no overflow for large |z|.
+
+Args:
+    pred (jax.Array): the logits z, any shape, floating (not probabilities).
+    target (jax.Array): targets in [0, 1] (0/1 labels, or probabilities), the same
+        shape as `pred`.
+
+Returns:
+    (jax.Array): the scalar loss.
+
+Raises:
+    TypeError: `pred` is not a floating-point array.
+    ValueError: `pred` and `target` differ in shape.
+
+Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from fbp import losses
+    >>> logits = jnp.array([[1.5, -0.5], [0.25, 3.0]])
+    >>> target = jnp.array([[1.0, 0.0], [1.0, 0.0]])
+    >>> value, grad = losses.binary_cross_entropy.value_and_grad(logits, target)
+    >>> bool(jnp.isclose(value, optax.sigmoid_binary_cross_entropy(logits, target).mean()))
+    True
+    >>> bool(jnp.allclose(grad, (jax.nn.sigmoid(logits) - target) / 4))    # (σ(z) − t) / N
+    True
+    >>> bool(jnp.allclose(grad, jax.grad(losses.binary_cross_entropy)(logits, target)))
+    True
+"""
+
+
+class _AttributeDocstrings:
+    """doctest's `__test__` for this module: the docstrings written under `mse`, `huber`,
+    `softmax_cross_entropy` and `binary_cross_entropy` (a string right after the
+    assignment, where mkdocstrings reads an attribute's docstring), so that their Examples
+    run with the others. Python drops those strings; they are read back from this file's
+    source, only when doctest asks for them."""
+
+    def items(self) -> list[tuple[str, str]]:
+        import ast
+        import inspect
+        import sys
+
+        body = ast.parse(inspect.getsource(sys.modules[__name__])).body
+        return [(stmt.targets[0].id, after.value.value) for stmt, after in zip(body, body[1:])
+                if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name)
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)]
+
+
+__test__ = _AttributeDocstrings()
 
 __all__ = ["Loss", "mse", "huber", "huber_loss", "softmax_cross_entropy",
            "softmax_cross_entropy_with_ignore", "binary_cross_entropy",

@@ -15,6 +15,7 @@ from fbp._layer import Layer
 
 # The activations `mlp` takes by name: each is `fbp.layers.<name>()` with its defaults.
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "elu", "softplus", "silu")
+"""The activations `mlp` takes by name: each is `fbp.layers.<name>()` with its defaults."""
 
 
 def _positive_int(value) -> bool:
@@ -25,15 +26,40 @@ def mlp(hidden: Sequence[int], n_out: int, activation: str = "relu",
         dropout: float = 0.0) -> Layer:
     """A multilayer perceptron: dense(h₁) → act → … → dense(h_k) → act → dense(n_out).
 
-    hidden: the hidden layers' widths, first to last (empty: one dense layer, a linear
-        model).
-    n_out: the output width (the number of classes for a classifier; the output is logits,
-        to go with `losses.softmax_cross_entropy`).
-    activation: one of `ACTIVATIONS`, after every hidden dense layer.
-    dropout: in [0, 1); when non-zero, `layers.dropout(dropout)` follows every activation.
-
     Input (batch, features); the first dense layer's size follows from the input shape
     given to `init`. `mlp([128, 64], 10)` is the network `fbp train --hidden 128,64` trains.
+
+    Args:
+        hidden: the hidden layers' widths, first to last (empty: one dense layer, a linear
+            model).
+        n_out: the output width (the number of classes for a classifier; the output is
+            logits, to go with `losses.softmax_cross_entropy`).
+        activation: one of `ACTIVATIONS`, after every hidden dense layer (default "relu").
+        dropout: in [0, 1); when non-zero, `layers.dropout(dropout)` follows every
+            activation (default 0.0: none).
+
+    Returns:
+        The network, a `serial` of the layers above.
+
+    Raises:
+        TypeError: `hidden` is not a sequence of widths (a string, a single int).
+        ValueError: a width or `n_out` that is not a positive int, an unknown activation,
+            or a dropout outside [0, 1).
+
+    Examples:
+        >>> import jax
+        >>> from fbp.models import mlp
+        >>> net = mlp([16, 8], 3, activation="tanh")
+        >>> net
+        serial(dense(16), tanh, dense(8), tanh, dense(3))
+        >>> out_shape, params = net.init(jax.random.key(0), (5, 4))   # a batch of 5, 4 features
+        >>> out_shape, [p["w"].shape for p in params if p]             # activations have no params
+        ((5, 3), [(4, 16), (16, 8), (8, 3)])
+        >>> mlp([], 2), mlp([8], 2, dropout=0.1)
+        (serial(dense(2)), serial(dense(8), relu, dropout(0.1), dense(2)))
+        >>> mlp([16], 3, activation="swish")
+        Traceback (most recent call last):
+        ValueError: mlp: activation must be one of relu, leaky_relu, sigmoid, ..., got 'swish'
     """
     from fbp import layers as L
 

@@ -92,7 +92,23 @@ def _split_label(label: str) -> tuple[list[str], str, str]:
 
 def short_labels(labels: Sequence[str], n: int = LABEL_MAX) -> list[str]:
     """Legend-sized labels: the path's last component and the layer's name (and a weight's
-    leaf), more of the path where two would read the same, the name cut to fit `n`."""
+    leaf), more of the path where two would read the same, the name cut to fit `n`.
+
+    Args:
+        labels: labels as `fbp.explain` and the training diagnostics write them:
+            `path name` or `path name ['leaf']` (`serial[2]/residual[0] dense(8) ['w']`).
+        n: the characters a label may take (the name is cut with … to fit).
+
+    Returns:
+        One short label per label, in order.
+
+    Examples:
+        >>> from fbp.plot import short_labels
+        >>> short_labels(["serial[0]/residual[0] dense(8) ['w']", "serial[1] relu"])
+        ["residual[0] dense(8) ['w']", 'serial[1] relu']
+        >>> short_labels(["serial[0]/serial[1] tanh", "serial[2]/serial[1] tanh"])   # alike
+        ['serial[0]/serial[1] tanh', 'serial[2]/serial[1] tanh']
+    """
     parts = [_split_label(label) for label in labels]
     keep = [1] * len(parts)
     while True:
@@ -133,7 +149,29 @@ def _legend_size(labels: Sequence[str], fontsize: float = FONT) -> tuple[float, 
 
 
 def loss_curves(history: dict, path: str | os.PathLike, *, title: str | None = None) -> None:
-    """Write the train (and validation) loss per epoch, log scale, to a PNG at `path`."""
+    """Write the train (and validation) loss per epoch, log scale, to a PNG at `path`.
+
+    The file is written atomically (`fbp.io.write_atomic`); pyplot is not touched.
+
+    Args:
+        history: the history `fit` returns, or any dict with "epoch" and "train_loss"
+            lists (and optionally "val_loss").
+        path: the PNG to write (missing folders are made).
+        title: a title above the plot (wrapped to fit).
+
+    Raises:
+        KeyError: `history` lacks "epoch" or "train_loss".
+
+    Examples:
+        >>> import os, tempfile
+        >>> from fbp.plot import loss_curves
+        >>> history = {"epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.3], "val_loss": [1.1, 0.6, 0.4]}
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     loss_curves(history, os.path.join(tmp, "curves.png"), title="xor")
+        ...     with open(os.path.join(tmp, "curves.png"), "rb") as f:
+        ...         f.read(4)[1:]                      # a PNG file's signature
+        b'PNG'
+    """
     width = 6.0
     title = _wrap(title, width - 0.3, 12) if title else None
     fig = _figure(width, 4.0 + (title.count("\n") * 0.25 if title else 0), dpi=120)
@@ -170,6 +208,30 @@ def diagnostics(history_or_report: Any, out_dir: str | os.PathLike) -> list[Path
       layer as bars (report).
 
     A figure whose data is absent is left out.
+
+    Args:
+        history_or_report: a `fbp.explain` Report, a history of
+            `fit(..., diagnostics_every=k)`, or its "diagnostics" entry.
+        out_dir: the folder to write the PNGs to (made if missing).
+
+    Returns:
+        The paths of the PNGs written.
+
+    Raises:
+        TypeError: neither a Report nor a dict.
+        ValueError: a history that holds no diagnostics (trained without
+            `diagnostics_every`).
+
+    Examples:
+        >>> import os, tempfile, jax, jax.numpy as jnp, fbp
+        >>> from fbp import layers as L, losses
+        >>> from fbp.plot import diagnostics
+        >>> net = L.serial(L.dense(6), L.tanh(), L.dense(2))
+        >>> _, params = net.init(jax.random.key(0), (4, 3))
+        >>> report = fbp.explain(net, losses.mse, params, jnp.ones((4, 3)), jnp.zeros((4, 2)))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     [path.name for path in diagnostics(report, tmp)]
+        ['activations.png', 'gradients.png', 'grad_norms.png']
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -779,15 +841,37 @@ def graph(net, out_path: str | os.PathLike, *, report=None, input_shape=None,
     frame around its inner chain with a skip arrow to a "+"; parallel its branches side by
     side, joined by a concat or sum node; remat and transformer_block (its inside shown)
     a labeled frame around their part. Each box has the layer's name and output shape.
+    With neither a report nor an input shape, the boxes show names only.
 
-    report: a `fbp.explain` report of this net: each box also shows the forward statistics
-    (mean μ, std σ, % saturated or zero), the backward ones (‖g‖ arriving, ‖∂θ‖) and the
-    check against jax.vjp (exact / close / DIFFERS; a box that DIFFERS is red; [autodiff]
-    marks from_function layers). Output shapes are the report's.
-    input_shape: without a report, the output shapes are found by tracing init and the
-    forward pass on an input of this shape (nothing is computed); input_dtype is the input's
-    dtype (default: floating point, then int32 if the net refuses it).
-    With neither, the boxes show names only.
+    Args:
+        net (Layer): the network.
+        out_path (str | os.PathLike): the PNG to write (missing folders are made).
+        report (Report | None): a `fbp.explain` report of this net: each box
+            also shows the forward statistics (mean μ, std σ, % saturated or zero), the
+            backward ones (‖g‖ arriving, ‖∂θ‖) and the check against jax.vjp (exact /
+            close / DIFFERS; a box that DIFFERS is red; [autodiff] marks from_function
+            layers). Output shapes are the report's.
+        input_shape (tuple[int, ...] | None): without a report, the output shapes are
+            found by tracing init and the forward pass on an input of this shape (nothing
+            is computed).
+        input_dtype (str | None): the input's dtype for that trace (default: floating
+            point, then int32 if the net refuses it).
+
+    Returns:
+        `out_path`, as a Path.
+
+    Raises:
+        TypeError: `net` is not a fbp.Layer.
+        ValueError: the report is of another net.
+
+    Examples:
+        >>> import os, tempfile
+        >>> from fbp import layers as L
+        >>> from fbp.plot import graph
+        >>> net = L.serial(L.dense(8), L.residual(L.serial(L.dense(8), L.relu())), L.dense(2))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     graph(net, os.path.join(tmp, "net.png"), input_shape=(1, 4)).name
+        'net.png'
     """
     from fbp._layer import Layer
 

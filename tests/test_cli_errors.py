@@ -83,7 +83,7 @@ def test_bad_option_seen_in_the_data_is_one_line(capsys, argv, start, says):
     (["check", "--seed", "-3"], "fbp check: error: --seed: "),
     (["check", "--dtype", "float16"], "fbp check: error: --dtype: invalid choice"),
     (["tran"], "fbp: error: argument command: invalid choice: 'tran'"),
-    ([], "fbp: error: the following arguments are required: command"),
+    (["--bogus"], "fbp: error: the following arguments are required: command"),  # fbp alone: the help
 ])
 def test_bad_option_of_the_other_commands_is_one_line(capsys, argv, line):
     assert one_error_line(capsys, argv).startswith(line)
