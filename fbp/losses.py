@@ -449,10 +449,12 @@ def softmax_cross_entropy_with_ignore(ignore_index: int = -100) -> Loss:
 # --- binary cross-entropy from logits -----------------------------------------------------
 
 def _bce_fwd(logits, target):
-    """L = (1/N) Σ [log(1 + eᶻ) − t z] = (1/N) Σ [max(z, 0) − t z + log(1 + e^{−|z|})]."""
+    """L = (1/N) Σ [log(1 + eᶻ) − t z], log(1 + eᶻ) = logaddexp(0, z): stable for large |z|,
+    and with no kink at z = 0 for jax.grad to differentiate wrongly (max(z, 0) + log(1 +
+    e^{−|z|}) is the same function, but jax.grad gives it a slope of 1 at z = 0, not ½)."""
     target = _same_shape_target("binary_cross_entropy", logits, target)
     z = logits
-    ell = jnp.maximum(z, 0) - target * z + jnp.log1p(jnp.exp(-jnp.abs(z)))
+    ell = jnp.logaddexp(jnp.zeros_like(z), z) - target * z
     return jnp.mean(ell), (z, target)
 
 

@@ -148,8 +148,9 @@ def _legend_size(labels: Sequence[str], fontsize: float = FONT) -> tuple[float, 
     return width, rows * fontsize / 72 * 1.45 + 0.5
 
 
-def loss_curves(history: dict, path: str | os.PathLike, *, title: str | None = None) -> None:
-    """Write the train (and validation) loss per epoch, log scale, to a PNG at `path`.
+def loss_curves(history: dict, path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Write the train (and validation) loss per epoch, log scale, to a PNG at `path`, and
+    return its path.
 
     The file is written atomically (`fbp.io.write_atomic`); pyplot is not touched.
 
@@ -159,6 +160,9 @@ def loss_curves(history: dict, path: str | os.PathLike, *, title: str | None = N
         path: the PNG to write (missing folders are made).
         title: a title above the plot (wrapped to fit).
 
+    Returns:
+        The path written, as a `pathlib.Path`.
+
     Raises:
         KeyError: `history` lacks "epoch" or "train_loss".
 
@@ -167,8 +171,8 @@ def loss_curves(history: dict, path: str | os.PathLike, *, title: str | None = N
         >>> from fbp.plot import loss_curves
         >>> history = {"epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.3], "val_loss": [1.1, 0.6, 0.4]}
         >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     loss_curves(history, os.path.join(tmp, "curves.png"), title="xor")
-        ...     with open(os.path.join(tmp, "curves.png"), "rb") as f:
+        ...     path = loss_curves(history, os.path.join(tmp, "curves.png"), title="xor")
+        ...     with open(path, "rb") as f:
         ...         f.read(4)[1:]                      # a PNG file's signature
         b'PNG'
     """
@@ -187,7 +191,7 @@ def loss_curves(history: dict, path: str | os.PathLike, *, title: str | None = N
     ax.legend()
     if title:
         fig.suptitle(title, fontsize=12)
-    _save(fig, path)
+    return _save(fig, path)
 
 
 # --- diagnostics ------------------------------------------------------------------------------

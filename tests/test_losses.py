@@ -230,3 +230,18 @@ def test_binary_cross_entropy_stable_at_large_logits(dtype):
     np.testing.assert_allclose(np.asarray(g), (sig - tn) / 6, atol=1e-7)
     np.testing.assert_allclose(np.asarray(g)[:4], np.array([0, 0, 1, -1]) / 6, atol=1e-7)
     assert rel_err(v, v_ref) <= TOL[dtype] and rel_err(g, g_ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_binary_cross_entropy_autodiff_reference_at_a_zero_logit(dtype):
+    """z = 0 is no kink of log(1 + eᶻ) − t z, so jax.grad of the forward (the reference that
+    check_grads and explain compare the hand-written bwd with) must give σ(0) − t there too;
+    written as max(z, 0) + log(1 + e^{−|z|}), it gave 1 − t."""
+    bce = losses.binary_cross_entropy
+    z = jnp.asarray([0.0, 0.0, -0.0, 1.5], dtype)
+    t = jnp.asarray([1.0, 0.0, 0.25, 1.0], dtype)
+    expected = (np.array([0.5, 0.5, 0.5, 1 / (1 + np.exp(-1.5))]) - np.asarray(t)) / 4
+    np.testing.assert_allclose(np.asarray(jax.grad(bce)(z, t)), expected, rtol=TOL[dtype])
+    np.testing.assert_allclose(np.asarray(bce.value_and_grad(z, t)[1]), expected, rtol=TOL[dtype])
+    np.testing.assert_allclose(float(bce(z, t)), np.mean(np.logaddexp(0, np.asarray(z, np.float64))
+                                                      - np.asarray(t) * np.asarray(z)), rtol=TOL[dtype])

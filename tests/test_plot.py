@@ -218,7 +218,8 @@ def test_plots_leave_the_backend_and_pyplot_alone(explained, tmp_path, figures):
 
     net, report = explained
     backend, open_figures = matplotlib.get_backend(), plt.get_fignums()
-    plot.loss_curves({"epoch": [1, 2], "train_loss": [1.0, 0.5]}, tmp_path / "c.png")
+    assert plot.loss_curves({"epoch": [1, 2], "train_loss": [1.0, 0.5]},
+                            tmp_path / "c.png") == tmp_path / "c.png"
     history = _history()
     history["diagnostics"]["hist"].pop("first")
     plot.diagnostics(history, tmp_path)
