@@ -98,7 +98,8 @@ def linear_softmax_cross_entropy_fwd(x, w, labels, *, chunk_size: int = 1024):
             jnp.zeros((tokens,), x.dtype))
     (m, s, z_label), _ = lax.scan(step, init, jnp.arange(n, dtype=jnp.int32))
     lse = m + jnp.log(s)
-    return jnp.mean(lse - z_label), (x, w, labels, lse)
+    z_label = jnp.where((labels >= 0) & (labels < vocab), z_label, jnp.nan)  # as in
+    return jnp.mean(lse - z_label), (x, w, labels, lse)  # softmax_cross_entropy: loud
 
 
 # bwd :: (res, CT L) -> (CT X, CT W)

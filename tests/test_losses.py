@@ -245,3 +245,19 @@ def test_binary_cross_entropy_autodiff_reference_at_a_zero_logit(dtype):
     np.testing.assert_allclose(np.asarray(bce.value_and_grad(z, t)[1]), expected, rtol=TOL[dtype])
     np.testing.assert_allclose(float(bce(z, t)), np.mean(np.logaddexp(0, np.asarray(z, np.float64))
                                                       - np.asarray(t) * np.asarray(z)), rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("bad", [-1, 5])
+def test_an_out_of_range_label_makes_both_cross_entropies_nan(bad):
+    """In a jax.Array (unchecked under jit) a label outside [0, vocab) makes the loss NaN —
+    the plain one and the fused linear + cross-entropy alike, so neither trains quietly on it."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((4, 5)), jnp.float32)
+    labels = jnp.asarray([0, bad, 2])
+    plain = jax.jit(losses.softmax_cross_entropy)(x @ w, labels)
+    fused = jax.jit(losses.linear_softmax_cross_entropy)(x, w, labels)
+    assert np.isnan(float(plain)) and np.isnan(float(fused))
+    ok = jnp.asarray([0, 4, 2])
+    np.testing.assert_allclose(float(losses.linear_softmax_cross_entropy(x, w, ok)),
+                               float(losses.softmax_cross_entropy(x @ w, ok)), rtol=1e-5)
