@@ -7,12 +7,19 @@ which the next layer keeps anyway — and writes φ′ out by hand: dz = g ⊙ �
 from __future__ import annotations
 
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import erfc
 
 from fbp._layer import Layer, check_input, check_no_params, check_shape
+
+
+def _is_real(v) -> bool:
+    """A real number (Python or NumPy), not a bool: what a float hyperparameter may be."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _activation(name: str, fwd, bwd) -> Layer:
@@ -82,7 +89,7 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
             input (any rank ≥ 1; elementwise).
 
     Raises:
-        ValueError: `negative_slope` is not in [0, 1).
+        ValueError: `negative_slope` is not a number in [0, 1) (a bool is not one).
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -94,9 +101,9 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
         >>> layer.bwd({}, res, jnp.ones(2))[1].tolist()    # g ⊙ (1 if z > 0 else α)
         [0.1..., 1.0]
     """
-    if not 0 <= negative_slope < 1:
+    if not _is_real(negative_slope) or not 0 <= negative_slope < 1:
         raise ValueError(f"leaky_relu: negative_slope must be in [0, 1), got {negative_slope!r}")
-    alpha = negative_slope
+    alpha = float(negative_slope)   # a Python float stays weakly typed: y keeps z's dtype
 
     def fwd(z):
         y = jnp.where(z > 0, z, alpha * z)
@@ -192,10 +199,14 @@ def gelu(approximate: bool = False) -> Layer:
 
     Args:
         approximate: False (default) for the exact z Φ(z); True for the tanh approximation.
+            A bool (not a string such as "tanh").
 
     Returns:
         A stateless, parameter-free `Layer`, `gelu(approximate=...)`: params `{}`, output shaped like the
             input (any rank ≥ 1; elementwise).
+
+    Raises:
+        ValueError: `approximate` is not True or False.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -214,6 +225,9 @@ def gelu(approximate: bool = False) -> Layer:
         >>> bool(jnp.allclose(L.gelu(approximate=True).apply({}, z), y, atol=1e-3))
         True
     """
+    if not isinstance(approximate, (bool, np.bool_)):
+        raise ValueError(f"gelu: approximate must be True or False, got {approximate!r}")
+    approximate = bool(approximate)
     c = 0.044715
 
     def cdf(z):
@@ -250,7 +264,7 @@ def elu(alpha: float = 1.0) -> Layer:
             output shaped like the input (any rank ≥ 1; elementwise).
 
     Raises:
-        ValueError: `alpha` is not positive.
+        ValueError: `alpha` is not a positive finite number (a bool is not one).
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -262,8 +276,10 @@ def elu(alpha: float = 1.0) -> Layer:
         >>> layer.bwd({}, res, jnp.ones(2))[1].tolist()    # y + α = e⁻¹ for z = −1
         [0.3678..., 1.0]
     """
-    if alpha <= 0:
-        raise ValueError(f"elu: alpha must be positive, got {alpha!r}")
+    if not _is_real(alpha) or not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"elu: alpha must be a positive finite number, got {alpha!r}")
+    name = f"elu({alpha})" if alpha != 1.0 else "elu"
+    alpha = float(alpha)   # a Python float stays weakly typed: y keeps z's dtype
 
     def fwd(z):
         y = jnp.where(z > 0, z, alpha * jnp.expm1(jnp.minimum(z, 0)))
@@ -272,7 +288,7 @@ def elu(alpha: float = 1.0) -> Layer:
     def bwd(y, g):
         return jnp.where(y > 0, g, g * (y + alpha))
 
-    return _activation(f"elu({alpha})" if alpha != 1.0 else "elu", fwd, bwd)
+    return _activation(name, fwd, bwd)
 
 
 def softplus() -> Layer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -67,7 +69,8 @@ def batch_norm(momentum: float = 0.9, *, eps: float = 1e-5) -> Layer:
             `apply(...)` -> (y, new_state); `bwd` is as for any layer.
 
     Raises:
-        ValueError: `momentum` is not in [0, 1), or `eps` is not positive.
+        ValueError: `momentum` is not a number in [0, 1), or `eps` is not a positive finite
+            number (a bool is neither).
 
     Examples:
         >>> import jax, jax.numpy as jnp, numpy as np
@@ -98,11 +101,12 @@ def batch_norm(momentum: float = 0.9, *, eps: float = 1e-5) -> Layer:
         >>> bool(jnp.allclose(grads["scale"], auto_grads["scale"], atol=1e-5))
         True
     """
-    if not 0 <= momentum < 1:
+    if not _is_real(momentum) or not 0 <= momentum < 1:
         raise ValueError(f"batch_norm: momentum must be in [0, 1), got {momentum!r}")
-    if not eps > 0:
-        raise ValueError(f"batch_norm: eps must be positive, got {eps!r}")
+    if not _is_real(eps) or not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"batch_norm: eps must be a positive finite number, got {eps!r}")
     name = f"batch_norm({momentum})"
+    momentum, eps = float(momentum), float(eps)   # Python floats stay weakly typed
 
     def init(key, input_shape):
         del key
@@ -159,6 +163,11 @@ def batch_norm(momentum: float = 0.9, *, eps: float = 1e-5) -> Layer:
         return grads, dx
 
     return Layer(name, init, fwd, bwd, stateful=True)
+
+
+def _is_real(v) -> bool:
+    """A real number (Python or NumPy), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 __all__ = ["batch_norm"]

@@ -63,7 +63,13 @@ def dense(features: int, *, use_bias: bool = True,
     if not isinstance(features, numbers.Integral) or isinstance(features, bool) or features <= 0:
         raise ValueError(f"dense: features must be a positive int, got {features!r}")
     features = int(features)
-    name = f"dense({features})"
+    return affine(f"dense({features})", features, use_bias=use_bias, w_init=w_init,
+                  b_init=b_init)
+
+
+def affine(name: str, features: int, *, use_bias: bool, w_init, b_init=None) -> Layer:
+    """`dense`'s layer under another name (for layers that are a dense map, such as
+    `linear_softmax_head`, so that their errors name them); `features` already checked."""
 
     def init(key, input_shape):
         input_shape = check_shape(name, input_shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import weakref
 
 import jax
@@ -40,8 +41,9 @@ def embedding(vocab_size: int, features: int, *,
             S + (features,).
 
     Raises:
-        ValueError: `vocab_size` or `features` is not a positive int. (`fwd` raises
-            TypeError for ids that are not integers.)
+        ValueError: `vocab_size` or `features` is not a positive int (Python or NumPy; not
+            a bool). (`fwd` raises TypeError for ids that are not integers.)
+        TypeError: `table_init` is not callable.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -61,8 +63,12 @@ def embedding(vocab_size: int, features: int, *,
         ((2, 3), True)
     """
     for what, v in (("vocab_size", vocab_size), ("features", features)):
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        if not _is_positive_int(v):
             raise ValueError(f"embedding: {what} must be a positive int, got {v!r}")
+    if not callable(table_init):
+        raise TypeError(f"embedding: table_init must be a function (key, shape, dtype) -> "
+                        f"array, got {type(table_init).__name__}")
+    vocab_size, features = int(vocab_size), int(features)
     name = f"embedding({vocab_size}, {features})"
 
     def init(key, input_shape):
@@ -90,6 +96,11 @@ def embedding(vocab_size: int, features: int, *,
     layer = Layer(name, init, fwd, bwd)
     _VOCAB[layer] = vocab_size
     return layer
+
+
+def _is_positive_int(v) -> bool:
+    """A positive Python or NumPy integer, not a bool (what `dense` takes as features)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) > 0
 
 
 # the vocabulary size of each live embedding layer (Layers hash by identity; no name parsing)
@@ -153,8 +164,9 @@ def positional_embedding(max_len: int, *,
             T ≤ max_len, output of the same shape.
 
     Raises:
-        ValueError: `max_len` is not a positive int; (from `init` and `fwd`) an input that
-            is not (batch, T ≤ max_len, d).
+        ValueError: `max_len` is not a positive int (Python or NumPy; not a bool); (from
+            `init` and `fwd`) an input that is not (batch, T ≤ max_len, d).
+        TypeError: `table_init` is not callable.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -171,8 +183,12 @@ def positional_embedding(max_len: int, *,
         >>> grads["table"][:, 0].tolist()                   # Σ_b g for t < 5; none past T
         [2.0, 2.0, 2.0, 2.0, 2.0, 0.0, 0.0, 0.0]
     """
-    if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len <= 0:
+    if not _is_positive_int(max_len):
         raise ValueError(f"positional_embedding: max_len must be a positive int, got {max_len!r}")
+    if not callable(table_init):
+        raise TypeError(f"positional_embedding: table_init must be a function (key, shape, "
+                        f"dtype) -> array, got {type(table_init).__name__}")
+    max_len = int(max_len)
     name = f"positional_embedding({max_len})"
 
     def check_length(shape):

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 
 from fbp._layer import Layer
-from fbp.layers.dense import dense
+from fbp.layers.dense import affine
 
 
 def linear_softmax_head(vocab: int, *, w_init=jax.nn.initializers.glorot_uniform()) -> Layer:
     """Logits z = x W over a vocabulary (no bias): x (..., d), W (d, vocab), z (..., vocab).
 
-    On its own it is `dense(vocab, use_bias=False)` (backward ∂W = xᵀg, ∂x = gWᵀ), and
-    `predict` gives the logits. Trained with `fbp.losses.fused_softmax_cross_entropy(head)`
-    as the last layer of a `serial`, the training pass never forms the (tokens × vocab)
-    logits nor their gradient: the loss walks the vocabulary in chunks
+    On its own it computes what `dense(vocab, use_bias=False)` does (backward ∂W = xᵀg,
+    ∂x = gWᵀ), under its own name, and `predict` gives the logits. Trained with
+    `fbp.losses.fused_softmax_cross_entropy(head)` as the last layer of a `serial`, the
+    training pass never forms the (tokens × vocab) logits nor their gradient: the loss
+    walks the vocabulary in chunks
     (`fbp.fused.linear_softmax_cross_entropy_fwd`/`_bwd`) and returns ∂x and ∂W itself.
 
     Args:
@@ -27,8 +30,9 @@ def linear_softmax_head(vocab: int, *, w_init=jax.nn.initializers.glorot_uniform
             off the last axis of `input_shape`; input (..., d), output logits (..., vocab).
 
     Raises:
-        ValueError: `vocab` is not a positive int (the message names `dense`, which checks
-            it).
+        ValueError: `vocab` is not a positive int (Python or NumPy; not a bool).
+        TypeError: `w_init` is not callable. (`fwd` raises ValueError for params or an
+            input of other shapes, TypeError for an input of another dtype.)
 
     Examples:
         >>> import jax, jax.numpy as jnp, fbp
@@ -50,8 +54,13 @@ def linear_softmax_head(vocab: int, *, w_init=jax.nn.initializers.glorot_uniform
         >>> bool(jnp.allclose(grads[1]["w"], auto_grads[1]["w"], atol=1e-6))
         True
     """
-    layer = dense(vocab, use_bias=False, w_init=w_init)
-    return Layer(f"linear_softmax_head({vocab})", layer.init, layer.fwd, layer.bwd)
+    if not isinstance(vocab, numbers.Integral) or isinstance(vocab, bool) or vocab <= 0:
+        raise ValueError(f"linear_softmax_head: vocab must be a positive int, got {vocab!r}")
+    if not callable(w_init):
+        raise TypeError(f"linear_softmax_head: w_init must be a function (key, shape, dtype) "
+                        f"-> array, got {type(w_init).__name__}")
+    vocab = int(vocab)
+    return affine(f"linear_softmax_head({vocab})", vocab, use_bias=False, w_init=w_init)
 
 
 __all__ = ["linear_softmax_head"]

@@ -1,7 +1,11 @@
-"""Layer normalization over the last axis (batch norm is not here: its running state is
-not settled)."""
+"""Layer normalization over the last axis. (Batch normalization, whose running statistics
+live in a state apart from the params, is `fbp.layers.batch_norm`, in
+fbp/layers/batch_norm.py.)"""
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +41,8 @@ def layer_norm(*, eps: float = 1e-5, scale_init=jax.nn.initializers.ones,
             evaluation compute the same.
 
     Raises:
-        ValueError: `eps` is not a positive number.
+        ValueError: `eps` is not a positive finite number (a bool is not one).
+        TypeError: `scale_init` or `bias_init` is not callable.
 
     Examples:
         >>> import jax, jax.numpy as jnp, numpy as np
@@ -59,9 +64,15 @@ def layer_norm(*, eps: float = 1e-5, scale_init=jax.nn.initializers.ones,
         >>> bool(jnp.allclose(grads["scale"], auto_grads["scale"], atol=1e-5))
         True
     """
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
-        raise ValueError(f"layer_norm: eps must be a positive number, got {eps!r}")
+    if (not isinstance(eps, numbers.Real) or isinstance(eps, bool)
+            or not (math.isfinite(eps) and eps > 0)):
+        raise ValueError(f"layer_norm: eps must be a positive finite number, got {eps!r}")
+    for what, init_fn in (("scale_init", scale_init), ("bias_init", bias_init)):
+        if not callable(init_fn):
+            raise TypeError(f"layer_norm: {what} must be a function (key, shape, dtype) -> "
+                            f"array, got {type(init_fn).__name__}")
     name = "layer_norm" if eps == 1e-5 else f"layer_norm(eps={eps})"
+    eps = float(eps)   # a Python float stays weakly typed: y keeps x's dtype
 
     def init(key, input_shape):
         input_shape = check_shape(name, input_shape)

@@ -3,6 +3,7 @@ keeps only its input and recomputes the rest in its backward (`remat`)."""
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -47,7 +48,8 @@ def from_function(fn: Callable, *, init: Callable | None = None, name: str | Non
             output shape `fn`'s (found by `jax.eval_shape` without `init`, `init`'s with it).
 
     Raises:
-        TypeError: `fn` or `init` is not callable.
+        TypeError: `fn` is not callable, `init` is neither None nor callable, or `name` is
+            neither None nor a str.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -70,10 +72,15 @@ def from_function(fn: Callable, *, init: Callable | None = None, name: str | Non
         (21.0, [2.0, 2.0, 2.0])
     """
     if not callable(fn):
-        raise TypeError(f"from_function: expected a function, got {type(fn).__name__}")
+        raise TypeError(f"from_function: expected a function, got {type(fn).__name__} "
+                        f"{reprlib.repr(fn)}")
     if init is not None and not callable(init):
         raise TypeError(f"from_function: init must be a function (key, input_shape) -> "
-                        f"(output_shape, params), got {type(init).__name__}")
+                        f"(output_shape, params), got {type(init).__name__} "
+                        f"{reprlib.repr(init)}")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"from_function: name must be a str, got {type(name).__name__} "
+                        f"{reprlib.repr(name)}")
     name = name or f"from_function({getattr(fn, '__name__', type(fn).__name__)})"
     call = (lambda params, x: fn(x)) if init is None else fn
 
