@@ -90,6 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "30, attention 7 (3 from T = 8192), remat 20, fused-head 20; "
                              "5 or 3 with --quick); diagnostics times fit's epochs instead")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--keep-host-memory", action="store_true",
+                        help="call fbp.keep_host_memory() before JAX starts: glibc keeps freed "
+                             "memory, so XLA:CPU's per-call temporaries are not faulted in "
+                             "anew on every call (the whole process, peers included)")
 
     steps = parser.add_argument_group("steps suite")
     steps.add_argument("--config", action="append", choices=sorted(CONFIGS), metavar="NAME",
@@ -195,6 +199,14 @@ def run_from_args(args) -> int:
     settings = settings_from_args(args)  # bad combinations fail before JAX starts
     if args.devices and args.device != "gpu":
         force_host_devices(max(args.devices))
+    if args.keep_host_memory:
+        import fbp
+
+        if not fbp.keep_host_memory():
+            print("benchmarks: --keep-host-memory: nothing to set here (not Linux with glibc)",
+                  file=sys.stderr)
+            return 2
+        os.environ["FBP_KEEP_HOST_MEMORY"] = "1"  # for measure.environment's records
     from benchmarks import measure, report, suite
 
     try:

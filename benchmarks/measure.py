@@ -155,5 +155,7 @@ def environment(device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "matmul_precision": getattr(jax.config, "jax_default_matmul_precision", None),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "host_memory": ("kept (fbp.keep_host_memory)" if os.environ.get("FBP_KEEP_HOST_MEMORY")
+                        else "glibc default"),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

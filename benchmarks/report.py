@@ -106,6 +106,7 @@ def markdown(records: list[dict[str, Any]], notes: list[str]) -> str:
              f"Device **{env.get('device')}**, JAX {env.get('jax_version')} / jaxlib "
              f"{env.get('jaxlib_version')}, Python {env.get('python_version')}, "
              f"{env.get('cpu_count')} CPUs"
+             + (f", host memory {env['host_memory']}" if env.get("host_memory") else "")
              + (f"; peers: {', '.join(peer_versions)}" if peer_versions else "")
              + f"; {run.get('timestamp', env.get('timestamp'))}. Times are medians of "
              "repetitions after warm-up, the contenders of a table interleaved in one process, "

@@ -14,6 +14,7 @@ from fbp._explain import explain
 from fbp._layer import Layer
 from fbp.backprop import autodiff_value_and_grad, custom_vjp, l2_penalty, value_and_grad
 from fbp.check import GradReport, check_grads
+from fbp.host import keep_host_memory
 from fbp.io import load_params, save_params
 from fbp.layercheck import LayerReport, check_layer
 
@@ -22,6 +23,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Layer", "layers", "losses", "models", "contract", "value_and_grad",
     "autodiff_value_and_grad", "custom_vjp", "l2_penalty", "check_grads", "GradReport",
-    "check_layer", "LayerReport", "explain", "save_params", "load_params",
+    "check_layer", "LayerReport", "explain", "save_params", "load_params", "keep_host_memory",
     "__version__",
 ]

@@ -1,0 +1,62 @@
+"""fbp.keep_host_memory: XLA:CPU's per-call temporaries stop costing page faults (Linux,
+glibc), and a call after JAX's first computation changes nothing and says so."""
+
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+CHILD = textwrap.dedent("""
+    import resource, sys
+    import fbp
+    kept = fbp.keep_host_memory() if sys.argv[1] == "keep" else None
+    import jax, jax.numpy as jnp
+
+    @jax.jit
+    def f(x, w):  # a = tanh(x w) is (12288, 1024): 48 MiB of temporaries, above glibc's
+        a = jnp.tanh(x @ w)  # largest mmap threshold (32 MiB); its column means need all of
+        a = a - jnp.mean(a, axis=0)[None, :]  # it before the next product (no fusion)
+        return jnp.sum((a @ w.T) * x)
+
+    x, w = jnp.ones((12288, 64), jnp.float32), jnp.full((64, 1024), 0.01, jnp.float32)
+    assert f.lower(x, w).compile().memory_analysis().temp_size_in_bytes >= 48 * 2**20
+    f(x, w).block_until_ready(); f(x, w).block_until_ready()
+    faults = []
+    for _ in range(5):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        f(x, w).block_until_ready()
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(kept, sorted(faults)[2])
+""")
+
+
+def _run(mode: str) -> tuple[str, int]:
+    out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    return out[0], int(out[1])
+
+
+GLIBC = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                           reason="glibc's mallopt")
+
+
+@GLIBC
+def test_keep_host_memory_stops_the_page_faults_of_temporaries():
+    kept, kept_faults = _run("keep")
+    _, default_faults = _run("default")
+    assert kept == "True"
+    assert default_faults > 6000, default_faults      # 48 MiB / 4 KiB pages, faulted anew
+    assert kept_faults < default_faults / 20, (kept_faults, default_faults)
+
+
+@GLIBC
+def test_keep_host_memory_after_a_computation_changes_nothing():
+    import jax.numpy as jnp
+
+    import fbp
+
+    jnp.ones(2).block_until_ready()
+    with pytest.warns(UserWarning, match="before the first computation"):
+        assert fbp.keep_host_memory() is False
