@@ -70,8 +70,9 @@ def layer_stats(tape: _tape.Tape, spec: Spec, *, histograms: bool = False) -> di
         else:
             frac = jnp.array(jnp.nan, y.dtype)
         g = widened(call.g) if call.g is not None else jnp.zeros_like(y)
-        row = {"act_mean": jnp.mean(y), "act_std": jnp.std(y), "act_frac": frac.astype(y.dtype),
-               "grad_norm": jnp.sqrt(jnp.sum(jnp.square(g)))}
+        row: dict[str, jax.Array | tuple[jax.Array, ...]] = {
+            "act_mean": jnp.mean(y), "act_std": jnp.std(y), "act_frac": frac.astype(y.dtype),
+            "grad_norm": jnp.sqrt(jnp.sum(jnp.square(g)))}
         if histograms:
             row.update(act_hist=histogram(y), grad_hist=histogram(g))
         rows.append(row)

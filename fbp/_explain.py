@@ -16,9 +16,10 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from fbp import _tape
-from fbp._layer import Layer
+from fbp._layer import Layer, Params, State
 from fbp.losses import Loss
 
 # Relative max difference under which "close" is said, by dtype (as check_grads' tolerances).
@@ -218,18 +219,17 @@ def _cmp(c: Compare | None) -> str:
 HIST_BINS = 40
 
 
-def histogram(a, bins: int = HIST_BINS):
+def histogram(a: jax.Array, bins: int = HIST_BINS) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(counts, lo, hi): a histogram of a's entries over `bins` equal bins from its min to
     its max, inside jit (the range is data, not static).
 
     Args:
-        a (jax.Array): the values, any shape (computed in float32, float64 stays).
+        a: the values, any shape (computed in float32, float64 stays).
         bins: the number of bins.
 
     Returns:
-        (tuple[jax.Array, jax.Array, jax.Array]): the int32 counts per bin, then lo and
-            hi, the range's ends; the max falls in the last bin, and an array of equal
-            entries puts them all in the first.
+        The int32 counts per bin, then lo and hi, the range's ends; the max falls in the
+            last bin, and an array of equal entries puts them all in the first.
     """
     a = a.reshape(-1).astype(jnp.float32 if a.dtype != jnp.float64 else jnp.float64)
     lo, hi = jnp.min(a), jnp.max(a)
@@ -322,8 +322,8 @@ def _inspect(net: Layer, loss: Loss):
     return jax.jit(f, static_argnames="train"), layers, calls
 
 
-def explain(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool = True,
-            state=None) -> Report:
+def explain(net: Layer, loss: Loss, params: Params, x: ArrayLike, y: ArrayLike, *,
+            key: jax.Array | None = None, train: bool = True, state: State = None) -> Report:
     """One pass of backprop through `net` on (x, y), layer by layer: a `Report` whose
     `.rows` hold, for the net itself and every layer in it (forward order, with its path):
 
@@ -342,12 +342,12 @@ def explain(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool = Tru
     Args:
         net: the network.
         loss: the loss.
-        params (pytree): the net's parameters.
-        x (jax.Array): a batch of inputs.
-        y (jax.Array): its targets.
-        key (jax.Array | None): the key of the training pass (dropout).
+        params: the net's parameters.
+        x: a batch of inputs.
+        y: its targets.
+        key: the key of the training pass (dropout).
         train: explain the training pass (dropout, batch statistics) or, False, evaluation.
-        state (pytree | None): the net's state, for a stateful net.
+        state: the net's state, for a stateful net.
 
     Returns:
         One row per layer; `report.disagreeing` lists the layers whose gradients differ

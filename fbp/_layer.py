@@ -41,6 +41,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from fbp import _tape
 
@@ -54,6 +55,13 @@ State = Any
 """A stateful layer's running statistics: a pytree of arrays apart from the params."""
 Res = Any
 """What `fwd` keeps for `bwd`: a pytree of arrays only."""
+PyTree = Any
+"""A pytree of arrays: arrays in any nesting of tuples, lists and dicts, or another JAX
+pytree (a `TrainState`). `Any`, as JAX has no static type for pytrees."""
+Initializer = Callable[[Array, Shape, DTypeLike], Array]
+"""A parameter initializer, `init(key, shape, dtype) -> array`: any of `jax.nn.initializers`
+(`glorot_uniform()`, `zeros`, ...). fbp's layers call it with a PRNG key, the parameter's
+shape and the floating dtype of their params (`default_float_dtype()`)."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -265,17 +273,19 @@ def child_bwd(parent: str, i: int, layer: Layer, params: Params, res: Res,
     return out
 
 
-def combinator(name: str, init, fwd, bwd, children: Sequence[Layer]) -> Layer:
+def combinator(name: str, init: Callable[..., tuple], fwd: Callable[..., tuple],
+               bwd: Callable[[Params, Res, Array], tuple[Params, Array]],
+               children: Sequence[Layer]) -> Layer:
     """A Layer from `init` and `fwd` written with state (init -> (shape, params, state),
     fwd(..., state) -> (y, res, state)); stateful exactly when a child is. Without a
     stateful child, the state (`{}`) is left out of the signatures.
 
     Args:
         name: the combinator's name, "kind(children...)".
-        init (Callable): `init(key, input_shape) -> (output_shape, params, state)`.
-        fwd (Callable): `fwd(params, x, *, key, train, state) -> (y, res, new_state)`;
+        init: `init(key, input_shape) -> (output_shape, params, state)`.
+        fwd: `fwd(params, x, *, key, train, state) -> (y, res, new_state)`;
             `state` is None when no child is stateful (`children_state` handles it).
-        bwd (Callable): `bwd(params, res, g) -> (grads, g_x)`.
+        bwd: `bwd(params, res, g) -> (grads, g_x)`.
         children: the child layers, in order.
 
     Returns:
@@ -422,11 +432,11 @@ def default_float_dtype() -> jnp.dtype:
     return jnp.zeros(()).dtype
 
 
-def at_least_float32(dtype) -> jnp.dtype:
+def at_least_float32(dtype: DTypeLike) -> jnp.dtype:
     """The dtype statistics and scales are computed in: float32, or the input's if wider.
 
     Args:
-        dtype (DTypeLike): a floating dtype.
+        dtype: a floating dtype.
 
     Returns:
         float32 for bfloat16, float16 and float32; `dtype` itself if wider.
@@ -441,16 +451,16 @@ def at_least_float32(dtype) -> jnp.dtype:
     return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
 
 
-def cast_floating(tree, dtype):
+def cast_floating(tree: PyTree, dtype: DTypeLike | None) -> PyTree:
     """The pytree with its floating leaves cast to `dtype` (None: unchanged); integer leaves
     (labels, token ids) stay as they are. The one cast fbp uses for params, inputs, state.
 
     Args:
-        tree (pytree): arrays (or anything `jnp.asarray` takes).
-        dtype (DTypeLike | None): the floating dtype to cast to, or None.
+        tree: arrays (or anything `jnp.asarray` takes).
+        dtype: the floating dtype to cast to, or None.
 
     Returns:
-        (pytree): the same structure, its leaves as jax arrays (`tree` itself for None).
+        The same structure, its leaves as jax arrays (`tree` itself for None).
 
     Examples:
         >>> import jax, jax.numpy as jnp

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from fbp._layer import Layer, Params, cast_floating, fwd_with_state, stateful_layers
 from fbp.losses import Loss
@@ -34,7 +35,7 @@ PRECISIONS = {None: None, "float32": None, "fp32": None, "bf16": jnp.bfloat16,
 params' own dtype)."""
 
 
-def compute_dtype(precision: str | None):
+def compute_dtype(precision: str | None) -> DTypeLike | None:
     """The dtype forward and backward run in under a precision policy (None: the params').
 
     Args:

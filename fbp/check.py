@@ -5,15 +5,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from jax.typing import ArrayLike
 
 from fbp import _tape
-from fbp._layer import Layer, cast_floating, fwd_with_state, init_with_state
+from fbp._layer import Layer, Params, State, cast_floating, fwd_with_state, init_with_state
 from fbp.backprop import training_pass
 from fbp.losses import Loss
 
@@ -288,8 +289,9 @@ def _compiled(net: Layer, loss: Loss) -> dict:
         "layers": jax.jit(layer_errors(net, loss), static_argnames="train")}
 
 
-def check_grads(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool = True,
-                state=None, fd_coords: int = 8, fd_eps: float = 1e-6, seed: int = 0,
+def check_grads(net: Layer, loss: Loss, params: Params, x: ArrayLike, y: ArrayLike, *,
+                key: jax.Array | None = None, train: bool = True, state: State = None,
+                fd_coords: int = 8, fd_eps: float = 1e-6, seed: int = 0,
                 autodiff_rtol: float | None = None, fd_rtol: float = FD_RTOL,
                 name: str | None = None) -> GradReport:
     """Compare the manual gradient of `loss(net(params, x), y)` — ∂L/∂θ for every parameter
@@ -314,13 +316,13 @@ def check_grads(net: Layer, loss: Loss, params, x, y, *, key=None, train: bool =
     Args:
         net: the network.
         loss: the loss.
-        params (pytree): the point to check at (their dtype sets the tolerance).
-        x (jax.Array): a batch of inputs.
-        y (jax.Array): its targets.
-        key (jax.Array | None): the key of the training pass (dropout); the same for every
-            pass, so all see one mask.
+        params: the point to check at (their dtype sets the tolerance).
+        x: a batch of inputs.
+        y: its targets.
+        key: the key of the training pass (dropout); the same for every pass, so all see
+            one mask.
         train: check the training pass (dropout, batch statistics) or, False, evaluation.
-        state (pytree | None): the net's state, for a stateful net.
+        state: the net's state, for a stateful net.
         fd_coords: how many random coordinates of each leaf (and of x) the finite
             differences check.
         fd_eps: ε of the central differences.
@@ -511,14 +513,15 @@ def random_params(key, params, scale: float = 0.5):
         leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)])
 
 
-def check_builtins(dtypes=("float64", "float32"), seed: int = 0) -> list[GradReport]:
+def check_builtins(dtypes: Sequence[str] = ("float64", "float32"),
+                   seed: int = 0) -> list[GradReport]:
     """Run `check_grads` over every built-in layer and loss, in each dtype.
 
     What `fbp check` runs: each built-in layer in a small net, with random params (no zero
     biases) and inputs, and each loss with fitting targets (`builtin_cases`).
 
     Args:
-        dtypes (tuple[str, ...]): the dtypes to check in ("float64", "float32", ...).
+        dtypes: the dtypes to check in ("float64", "float32", ...).
         seed: the seed of the random params, inputs and targets.
 
     Returns:

@@ -37,12 +37,12 @@ __all__ = ["CheckpointError", "FORMAT", "tensor_name", "to_bytes", "save",
 
 # --- names ------------------------------------------------------------------------------------
 
-def tensor_name(path) -> str:
+def tensor_name(path: jax.tree_util.KeyPath) -> str:
     """The name of a leaf from its key path: entries joined by "/" ("state/params/0/w");
     "." for a tree that is a single leaf.
 
     Args:
-        path (tuple): a key path, as `jax.tree_util.tree_leaves_with_path` gives it.
+        path: a key path, as `jax.tree_util.tree_leaves_with_path` gives it.
 
     Returns:
         The name ("%" and "/" inside a key are escaped as "%25" and "%2F").

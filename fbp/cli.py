@@ -15,8 +15,18 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fbp.models import ACTIVATIONS, mlp  # mlp: also importable from here, as it was
+
+if TYPE_CHECKING:  # for annotations only: the commands import jax and optax when they run
+    import jax
+    import numpy as np
+    import optax
+
+    from fbp._layer import Layer
+    from fbp.losses import Loss
 
 LOSSES = {"ce": "softmax_cross_entropy", "mse": "mse", "huber": "huber",
           "bce": "binary_cross_entropy"}
@@ -127,7 +137,8 @@ def _check(args) -> int:
     return 1 if bad else 0
 
 
-def make_optimizer(name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+def make_optimizer(name: str, lr: float, momentum: float = 0.0,
+                   weight_decay: float = 0.0) -> optax.GradientTransformation:
     import optax
 
     from fbp.optim import gd
@@ -139,7 +150,9 @@ def make_optimizer(name: str, lr: float, momentum: float = 0.0, weight_decay: fl
     return base
 
 
-def interleaved_step_times(net, loss, optimizer, x, y, *, repeats: int = 30):
+def interleaved_step_times(net: Layer, loss: Loss, optimizer: optax.GradientTransformation,
+                           x: jax.Array | np.ndarray, y: jax.Array | np.ndarray, *,
+                           repeats: int = 30) -> dict[str, float]:
     """Median seconds per jitted train step, manual and auto timed A B A B ... in one process."""
     import jax
 
@@ -437,7 +450,7 @@ def _command(argv) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _Parser(prog="fbp", description="Forward and back propagation by hand.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -37,8 +37,10 @@ private `fbp._layer`.
 
 from fbp._layer import (
     Array,
+    Initializer,
     Layer,
     Params,
+    PyTree,
     Res,
     Shape,
     State,
@@ -62,7 +64,7 @@ from fbp._layer import (
 
 __all__ = [
     # the contract
-    "Layer", "Array", "Shape", "Params", "State", "Res",
+    "Layer", "Array", "Shape", "Params", "State", "Res", "PyTree", "Initializer",
     # calling any layer, stateful or not
     "init_with_state", "fwd_with_state",
     # checks on what init and fwd receive

@@ -18,6 +18,7 @@ be integers or strings; they become the indices 0..C-1 of the classes in sorted 
 from __future__ import annotations
 
 import csv
+import os
 import zipfile
 from pathlib import Path
 
@@ -181,7 +182,7 @@ class DataFileError(ValueError):
         self.argument = argument
 
 
-def load_file(path, *, target: str | None = None, task: str = "classification",
+def load_file(path: str | os.PathLike, *, target: str | None = None, task: str = "classification",
               seed: int = 0) -> tuple[Split, Split]:
     """((x_train, y_train), (x_test, y_test)) from a `.npz` or `.csv` file, split and
     standardized as `load`'s data sets are.
@@ -198,7 +199,7 @@ def load_file(path, *, target: str | None = None, task: str = "classification",
     a non-numeric or missing value, x and y of different lengths, too few examples.
 
     Args:
-        path (str | os.PathLike): the `.npz` or `.csv` file.
+        path: the `.npz` or `.csv` file.
         target: the CSV column to predict (required for a CSV file, refused for a .npz).
         task: "classification" or "regression".
         seed: fixes the 80/20 split.

@@ -19,6 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
 
 Array = jax.Array
 
@@ -58,7 +59,9 @@ def _chunk_logits(x, w_padded, i, c, vocab):
 
 
 # fwd :: (X, W, labels) -> (L, res = (x, w, labels, lse))
-def linear_softmax_cross_entropy_fwd(x, w, labels, *, chunk_size: int = 1024):
+def linear_softmax_cross_entropy_fwd(
+        x: Array, w: Array, labels: Array, *,
+        chunk_size: int = 1024) -> tuple[Array, tuple[Array, Array, Array, Array]]:
     """L = (1/T) Σ_t [lse_t − z_t,y_t],  z = x W,  lse_t = log Σ_v e^{z_tv}.
 
     One pass over the vocabulary chunks keeps, per token, the running max m, the running
@@ -66,13 +69,13 @@ def linear_softmax_cross_entropy_fwd(x, w, labels, *, chunk_size: int = 1024):
     logit; then lse = m + log s. Padded columns of the last chunk count as −∞.
 
     Args:
-        x (jax.Array): the head's input, (tokens, d), floating.
-        w (jax.Array): the head's weight, (d, vocab), of x's dtype.
-        labels (jax.Array): integer ids, (tokens,), in [0, vocab).
+        x: the head's input, (tokens, d), floating.
+        w: the head's weight, (d, vocab), of x's dtype.
+        labels: integer ids, (tokens,), in [0, vocab).
         chunk_size: vocabulary columns per chunk (the last chunk is padded).
 
     Returns:
-        (tuple[jax.Array, tuple]): L, the scalar mean loss, and res, the residuals for
+        L, the scalar mean loss, and res, the residuals for
             `linear_softmax_cross_entropy_bwd`: (x, w, labels as int32, lse per token).
 
     Raises:
@@ -103,18 +106,19 @@ def linear_softmax_cross_entropy_fwd(x, w, labels, *, chunk_size: int = 1024):
 
 
 # bwd :: (res, CT L) -> (CT X, CT W)
-def linear_softmax_cross_entropy_bwd(res, g, *, chunk_size: int = 1024):
+def linear_softmax_cross_entropy_bwd(res: tuple[Array, Array, Array, Array], g: ArrayLike, *,
+                                     chunk_size: int = 1024) -> tuple[Array, Array]:
     """∂z = g (p − onehot(y)) / T with p = e^{z − lse}, chunk by chunk (z recomputed):
 
         ∂x += ∂z_chunk W_chunkᵀ,     ∂W_chunk = xᵀ ∂z_chunk.
 
     Args:
-        res (tuple): the residuals `linear_softmax_cross_entropy_fwd` returned.
-        g (jax.Array): the scalar cotangent of L (1 for a plain gradient).
+        res: the residuals `linear_softmax_cross_entropy_fwd` returned.
+        g: the scalar cotangent of L (1 for a plain gradient).
         chunk_size: the same chunk size the forward used.
 
     Returns:
-        (tuple[jax.Array, jax.Array]): (∂x, ∂W), shaped like x and w.
+        (∂x, ∂W), shaped like x and w.
     """
     x, w, labels, lse = res
     tokens, vocab = x.shape[0], w.shape[1]

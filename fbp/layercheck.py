@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from jax.typing import ArrayLike
 
 from fbp._layer import (
     Layer,
@@ -177,8 +178,8 @@ def _like(what: str, got, want) -> ContractCheck:
 
 
 def check_layer(layer: Layer, input_shape: Shape, *, key: jax.Array | None = None,
-                train: bool = False, dtype: str = "float64", x=None, fd_coords: int = 6,
-                fd_eps: float = 1e-6) -> LayerReport:
+                train: bool = False, dtype: str = "float64", x: ArrayLike | None = None,
+                fd_coords: int = 6, fd_eps: float = 1e-6) -> LayerReport:
     """Check one layer alone: its bwd against `jax.vjp` of its fwd and against central
     finite differences, and the layer contract.
 
@@ -208,7 +209,7 @@ def check_layer(layer: Layer, input_shape: Shape, *, key: jax.Array | None = Non
         train: check the training pass instead of evaluation.
         dtype: the dtype to check in: "float64" (default), "float32", "bfloat16" or
             "float16"; it sets the tolerance against jax.vjp (`VJP_RTOL`).
-        x (jax.Array | None): the input to check at instead of a normal one (integer ids
+        x: the input to check at instead of a normal one (integer ids
             for an embedding, or a point away from a kink).
         fd_coords: how many random coordinates of each leaf (and of x) the finite
             differences check.

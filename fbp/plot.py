@@ -21,11 +21,17 @@ import re
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fbp.io import write_atomic
+
+if TYPE_CHECKING:  # for annotations only: graph imports fbp's layers when it runs
+    from jax.typing import DTypeLike
+
+    from fbp._explain import Report
+    from fbp._layer import Layer
 
 # Kinds whose output is reported as the fraction saturated, and as the fraction exactly zero
 # (as in fbp.explain).
@@ -838,8 +844,8 @@ def _culprits(node: _Node) -> list[_Node]:
     return [node] + found if node.culprit else found
 
 
-def graph(net, out_path: str | os.PathLike, *, report=None, input_shape=None,
-          input_dtype=None) -> Path:
+def graph(net: Layer, out_path: str | os.PathLike, *, report: Report | None = None,
+          input_shape: Sequence[int] | None = None, input_dtype: DTypeLike | None = None) -> Path:
     """Write a picture of `net` to the PNG `out_path`, and return its path: micrograd's
     draw_dot, by layer. serial is a chain of boxes top to bottom (forward ↓); residual a
     frame around its inner chain with a skip arrow to a "+"; parallel its branches side by
@@ -848,17 +854,17 @@ def graph(net, out_path: str | os.PathLike, *, report=None, input_shape=None,
     With neither a report nor an input shape, the boxes show names only.
 
     Args:
-        net (Layer): the network.
-        out_path (str | os.PathLike): the PNG to write (missing folders are made).
-        report (Report | None): a `fbp.explain` report of this net: each box
+        net: the network.
+        out_path: the PNG to write (missing folders are made).
+        report: a `fbp.explain` report of this net: each box
             also shows the forward statistics (mean μ, std σ, % saturated or zero), the
             backward ones (‖g‖ arriving, ‖∂θ‖) and the check against jax.vjp (exact /
             close / DIFFERS; a box that DIFFERS is red; [autodiff] marks from_function
             layers). Output shapes are the report's.
-        input_shape (tuple[int, ...] | None): without a report, the output shapes are
+        input_shape: without a report, the output shapes are
             found by tracing init and the forward pass on an input of this shape (nothing
             is computed).
-        input_dtype (str | None): the input's dtype for that trace (default: floating
+        input_dtype: the input's dtype for that trace (default: floating
             point, then int32 if the net refuses it).
 
     Returns:

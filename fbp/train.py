@@ -23,7 +23,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypedDict
 
@@ -35,16 +35,36 @@ from jax import lax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike
 from tqdm import tqdm  # plain text bars: no notebook-widget warnings
 
 from fbp import _diagnostics, _tape, checkpoint
-from fbp._layer import Layer, Params, State, fwd_with_state, init_with_state, stateful_layers
+from fbp._layer import (
+    Layer,
+    Params,
+    PyTree,
+    State,
+    fwd_with_state,
+    init_with_state,
+    stateful_layers,
+)
 from fbp.backprop import _check_net_and_loss, compute_dtype, training_pass
 from fbp.layers.embedding import check_token_ids
 from fbp.losses import Loss, check_labels
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.safetensors"  # the one before, kept by `fit`
+
+Batch = tuple[ArrayLike, ArrayLike]
+"""One `(x, y)` pair: inputs and targets with the same number of rows (the first axis)."""
+Stream = Iterable[Batch] | Callable[[], Iterable[Batch]] | Callable[[int], Iterable[Batch]]
+"""`(x, y)` batches, passed over once each epoch: a list (or tuple) of them; a function
+returning an iterator of them, called each epoch (with the epoch, 0, 1, ..., when it takes
+one required argument); or a re-iterable object whose `iter()` starts a fresh pass (a grain
+dataset or `DataLoader`). A one-shot iterator (a generator object) is refused at run time
+(TypeError), which typing cannot express: it would be empty after the first epoch."""
+Data = Batch | Stream
+"""What `fit` trains on: an `(x, y)` pair of whole arrays, or a `Stream` of batches."""
 
 
 class NonFiniteError(FloatingPointError):
@@ -246,12 +266,12 @@ def _train_step(net: Layer, loss: Loss, optimizer, grad: str, precision: str | N
     return step
 
 
-def global_norm(tree) -> jax.Array:
+def global_norm(tree: PyTree) -> jax.Array:
     """‖g‖₂ over every leaf of a pytree: √(Σ g²).
 
     Args:
-        tree (pytree): arrays, e.g. gradients or parameters, in any nesting of tuples,
-            lists and dicts.
+        tree: arrays, e.g. gradients or parameters, in any nesting of tuples, lists and
+            dicts.
 
     Returns:
         The norm, a scalar array (0 for a tree without leaves).
@@ -265,13 +285,13 @@ def global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(tree)))
 
 
-def data_mesh(devices) -> Mesh:
+def data_mesh(devices: int | Sequence[jax.Device]) -> Mesh:
     """A one-axis mesh ("data") over `devices` (a sequence of jax devices, or a count).
 
     Args:
-        devices (int | Sequence[jax.Device]): a count n, for the first n of
-            `jax.devices()`, or the devices themselves; on several processes (after
-            `jax.distributed.initialize`), `jax.devices()` holds those of all of them.
+        devices: a count n, for the first n of `jax.devices()`, or the devices
+            themselves; on several processes (after `jax.distributed.initialize`),
+            `jax.devices()` holds those of all of them.
 
     Returns:
         A mesh of shape (len(devices),), its one axis named "data".
@@ -330,7 +350,7 @@ def shard_batch(mesh: Mesh, a: jax.Array, axis: int = 0) -> jax.Array:
     return lax.with_sharding_constraint(a, NamedSharding(mesh, P(*spec)))
 
 
-def replicate(mesh: Mesh | None, tree):
+def replicate(mesh: Mesh | None, tree: PyTree) -> PyTree:
     """Put a pytree on every device of the mesh (a no-op without a mesh).
 
     On a mesh that spans several processes (multi-controller JAX, after
@@ -339,11 +359,11 @@ def replicate(mesh: Mesh | None, tree):
 
     Args:
         mesh: the mesh, e.g. from `data_mesh`, or None.
-        tree (pytree): arrays, e.g. a `TrainState` before `make_step(..., mesh=mesh)`
+        tree: arrays, e.g. a `TrainState` before `make_step(..., mesh=mesh)`
             runs on it; on several processes, the same values in each.
 
     Returns:
-        (pytree): The tree, each leaf a jax array replicated on every device of the
+        The tree, each leaf a jax array replicated on every device of the
             mesh; `tree` itself when `mesh` is None.
 
     Examples:
@@ -482,7 +502,8 @@ def _params_and_state(fn_name: str, net: Layer, params_or_state, state):
     return _local((params_or_state, {} if state is None else state))
 
 
-def evaluate(net: Layer, loss: Loss, params: Params | TrainState, x, y=None, *,
+def evaluate(net: Layer, loss: Loss, params: Params | TrainState, x: ArrayLike | Stream,
+             y: ArrayLike | None = None, *,
              state: State = None, batch_size: int | None = 4096) -> dict[str, float]:
     """Loss, and accuracy when `y` holds integer class labels, with training off.
 
@@ -504,9 +525,9 @@ def evaluate(net: Layer, loss: Loss, params: Params | TrainState, x, y=None, *,
         net: the network.
         loss: the loss to report, e.g. the one trained with.
         params: the `TrainState` that `fit` returns, or bare parameters.
-        x (ArrayLike | stream): the inputs, (n, ...) with n > 0 (floating x is cast to the
+        x: the inputs, (n, ...) with n > 0 (floating x is cast to the
             parameters' dtype), or, with `y` left out, a stream of (x, y) batches.
-        y (ArrayLike | None): the targets, (n, ...): integer class labels or arrays shaped
+        y: the targets, (n, ...): integer class labels or arrays shaped
             like the net's output; None (default) when `x` is a stream.
         state: the net's state, for bare `params` of a stateful net (batch_norm); None
             (default) otherwise.
@@ -581,7 +602,8 @@ def _reduced(sums: list) -> dict[str, float]:
     return out
 
 
-def predict(net: Layer, params: Params | TrainState, x, *, state: State = None) -> jax.Array:
+def predict(net: Layer, params: Params | TrainState, x: ArrayLike, *,
+            state: State = None) -> jax.Array:
     """net(params, x) with training off; floating x is cast to the parameters' dtype.
 
     `params`: the TrainState that `fit` returns, or bare params (with `state=` for a
@@ -592,7 +614,7 @@ def predict(net: Layer, params: Params | TrainState, x, *, state: State = None) 
     Args:
         net: the network.
         params: the `TrainState` that `fit` returns, or bare parameters.
-        x (ArrayLike): the inputs, batch first, e.g. (n, features) or NHWC images.
+        x: the inputs, batch first, e.g. (n, features) or NHWC images.
         state: the net's state, for bare `params` of a stateful net (batch_norm); None
             (default) otherwise.
 
@@ -1092,13 +1114,13 @@ def _evaluate_stream(net: Layer, loss: Loss, params, net_state, stream: _Stream,
     return sums
 
 
-def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_data, *,
+def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_data: Data, *,
         epochs: int, batch_size: int | None = None, grad: str = "manual", seed: int = 0,
-        val_data=None, stop_at_loss: float | None = None, patience: int | None = None,
-        checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 1,
-        progress: bool = True, epoch_mode: str = "auto", devices=None,
-        precision: str | None = None, l2: float = 0.0,
-        diagnostics_every: int | None = None) -> tuple[TrainState, dict[str, Any]]:
+        val_data: Data | None = None, stop_at_loss: float | None = None,
+        patience: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int = 1, progress: bool = True, epoch_mode: str = "auto",
+        devices: int | Sequence[jax.Device] | None = None, precision: str | None = None,
+        l2: float = 0.0, diagnostics_every: int | None = None) -> tuple[TrainState, dict[str, Any]]:
     """Train `net` on `train_data`; returns the final (or best) state and the history.
 
     - train_data: an `(x, y)` pair of arrays, or a stream of `(x, y)` batches, passed over
@@ -1190,18 +1212,18 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
         loss: the loss, e.g. `losses.softmax_cross_entropy` (integer class labels) or
             `losses.mse`.
         optimizer: an optax optimizer, e.g. `optax.adam(1e-3)`.
-        train_data (tuple | stream): an `(x, y)` pair of numeric arrays with the same
-            number of examples (the first axis): x (n, ...), floating x cast to the
-            parameters' dtype; y integer class labels (n, ...) or targets shaped like the
-            net's output. Or a stream of `(x, y)` batches (above).
+        train_data: an `(x, y)` pair of numeric arrays with the same number of examples
+            (the first axis): x (n, ...), floating x cast to the parameters' dtype; y
+            integer class labels (n, ...) or targets shaped like the net's output. Or a
+            stream of `(x, y)` batches (above).
         epochs: how many epochs to train, in all: a resumed run goes on to this many.
         batch_size: None (default): full batch; b: mini-batches of b examples (at most
             the number of examples). None for a stream.
         grad: "manual" (default: the hand-written backward passes) or "auto"
             (`jax.grad`).
         seed: seeds the initial parameters, the shuffles and dropout; default 0.
-        val_data (tuple | stream | None): arrays or a stream, as `train_data`, evaluated
-            with training off after every epoch; None (default): no validation.
+        val_data: arrays or a stream, as `train_data`, evaluated with training off after
+            every epoch; None (default): no validation.
         stop_at_loss: stop once an epoch's mean training loss falls below it; None
             (default): no such stop.
         patience: with `val_data`, stop after this many epochs without a better
@@ -1213,8 +1235,8 @@ def fit(net: Layer, loss: Loss, optimizer: optax.GradientTransformation, train_d
             the end.
         progress: draw a progress bar over the epochs on stderr (default True).
         epoch_mode: "auto" (default), "scan" or "steps" (above).
-        devices (int | Sequence[jax.Device] | None): train data-parallel over these
-            devices, or over the first this many; None (default): on the default device.
+        devices: train data-parallel over these devices, or over the first this many;
+            None (default): on the default device.
         precision: None (default: compute in the parameters' dtype) or "bf16".
         l2: λ ≥ 0 of the penalty λ/2·Σ‖W‖² in the training loss; default 0.0, none.
         diagnostics_every: record per-layer statistics every k-th step into
@@ -1648,8 +1670,8 @@ def _save(path: Path, epoch: int, state: TrainState, history, best: _Best, confi
 def _check_same_start(folder: Path, start: int) -> None:
     """On a mesh over several processes, all must resume from the same epoch (they read
     the same checkpoint) or all start afresh."""
-    starts = np.asarray(multihost_utils.process_allgather(np.asarray([start], np.int64)))
-    starts = starts.reshape(-1).tolist()
+    gathered = multihost_utils.process_allgather(np.asarray([start], np.int64))
+    starts = np.asarray(gathered).reshape(-1).tolist()
     if len(set(starts)) > 1:
         raise ValueError(
             f"fit: the processes found different checkpoints in {folder} (epochs {starts}, "
@@ -1783,4 +1805,4 @@ class _SigtermStop:
 
 __all__ = ["fit", "make_step", "evaluate", "predict", "init_state", "TrainState",
            "NonFiniteError", "Interrupted", "data_mesh", "shard_batch", "replicate",
-           "global_norm"]
+           "global_norm", "Data", "Batch", "Stream"]

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fbp._layer import (
+    Initializer,
     Layer,
     check_input,
     check_param_shapes,
@@ -77,8 +78,8 @@ def _causal(t: int):
 
 
 def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: int | None = None,
-                         w_init=jax.nn.initializers.glorot_uniform(),
-                         b_init=jax.nn.initializers.zeros) -> Layer:
+                         w_init: Initializer = jax.nn.initializers.glorot_uniform(),
+                         b_init: Initializer = jax.nn.initializers.zeros) -> Layer:
     """Self-attention over x (B, T, d) with h = num_heads heads of width d_h = d / h.
 
         Q = x W_q + b_q,  K = x W_k,  V = x W_v + b_v      (each (B, T, d), split in h heads)

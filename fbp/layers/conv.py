@@ -13,12 +13,15 @@ positions, zeros elsewhere (`window_spread`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from fbp._layer import (
+    Initializer,
     Layer,
     at_least_float32,
     check_input,
@@ -147,9 +150,10 @@ def dw_chunk_size(batch: int, bytes_per_example: int) -> int:
     return min(batch, max(fits, -(-batch // DW_MAX_CHUNKS)))
 
 
-def conv2d(features: int, kernel_size, *, strides=1, padding="SAME", dilation=1,
-           use_bias: bool = True, w_init=jax.nn.initializers.lecun_normal(),
-           b_init=jax.nn.initializers.zeros) -> Layer:
+def conv2d(features: int, kernel_size: int | Sequence[int], *, strides: int | Sequence[int] = 1,
+           padding: str | Sequence[tuple[int, int]] = "SAME", dilation: int | Sequence[int] = 1,
+           use_bias: bool = True, w_init: Initializer = jax.nn.initializers.lecun_normal(),
+           b_init: Initializer = jax.nn.initializers.zeros) -> Layer:
     """2-D convolution (a cross-correlation, as in every deep-learning library):
 
         y[n, p, q, o] = Σ_{i, j, c} x̃[n, p·s_h + i·d_h, q·s_w + j·d_w, c] W[i, j, c, o] + b[o]
@@ -177,18 +181,17 @@ def conv2d(features: int, kernel_size, *, strides=1, padding="SAME", dilation=1,
 
     Args:
         features: the number of output channels, a positive int.
-        kernel_size (int | tuple[int, int]): (k_h, k_w); an int k means (k, k).
-        strides (int | tuple[int, int]): (s_h, s_w); an int s means (s, s); default 1.
-        padding (str | tuple[tuple[int, int], tuple[int, int]]): "SAME" (default: the
-            fewest zeros so that each output size is ⌈n / s⌉, the odd one at the high end,
-            as XLA), "VALID" (none) or explicit ((lo_h, hi_h), (lo_w, hi_w)) of
-            non-negative ints.
-        dilation (int | tuple[int, int]): (d_h, d_w), the step between kernel taps; an int
-            d means (d, d); default 1.
+        kernel_size: (k_h, k_w); an int k means (k, k).
+        strides: (s_h, s_w); an int s means (s, s); default 1.
+        padding: "SAME" (default: the fewest zeros so that each output size is ⌈n / s⌉,
+            the odd one at the high end, as XLA), "VALID" (none) or explicit
+            ((lo_h, hi_h), (lo_w, hi_w)) of non-negative ints.
+        dilation: (d_h, d_w), the step between kernel taps; an int d means (d, d);
+            default 1.
         use_bias: add the bias b (default True); False leaves it out of params.
-        w_init (Callable): initializer of W, called as `w_init(key, (k_h, k_w, C,
-            features), dtype)`; default LeCun normal.
-        b_init (Callable): initializer of b, called as `b_init(key, (features,), dtype)`;
+        w_init: initializer of W, called as `w_init(key, (k_h, k_w, C, features),
+            dtype)`; default LeCun normal.
+        b_init: initializer of b, called as `b_init(key, (features,), dtype)`;
             default zeros.
 
     Returns:

@@ -6,12 +6,19 @@ import numbers
 
 import jax
 
-from fbp._layer import Layer, check_input, check_param_shapes, check_shape, default_float_dtype
+from fbp._layer import (
+    Initializer,
+    Layer,
+    check_input,
+    check_param_shapes,
+    check_shape,
+    default_float_dtype,
+)
 
 
 def dense(features: int, *, use_bias: bool = True,
-          w_init=jax.nn.initializers.glorot_uniform(),
-          b_init=jax.nn.initializers.zeros) -> Layer:
+          w_init: Initializer = jax.nn.initializers.glorot_uniform(),
+          b_init: Initializer = jax.nn.initializers.zeros) -> Layer:
     """Affine map on the last axis: y = x W + b.
 
     Shapes: x (..., n_in), W (n_in, features), b (features,), y (..., features).
@@ -25,9 +32,9 @@ def dense(features: int, *, use_bias: bool = True,
     Args:
         features: the output width, a positive int.
         use_bias: add the bias b (default True); False leaves it out of params, y = x W.
-        w_init (Callable): initializer of W, called as `w_init(key, (n_in, features), dtype)`
-            (any `jax.nn.initializers` function); default Glorot uniform.
-        b_init (Callable): initializer of b, called as `b_init(key, (features,), dtype)`;
+        w_init: initializer of W, called as `w_init(key, (n_in, features), dtype)` (any
+            `jax.nn.initializers` function); default Glorot uniform.
+        b_init: initializer of b, called as `b_init(key, (features,), dtype)`;
             default zeros.
 
     Returns:

@@ -8,12 +8,20 @@ import weakref
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from fbp._layer import Layer, check_input, check_param_shapes, check_shape, default_float_dtype
+from fbp._layer import (
+    Initializer,
+    Layer,
+    check_input,
+    check_param_shapes,
+    check_shape,
+    default_float_dtype,
+)
 
 
 def embedding(vocab_size: int, features: int, *,
-              table_init=jax.nn.initializers.normal(stddev=1.0)) -> Layer:
+              table_init: Initializer = jax.nn.initializers.normal(stddev=1.0)) -> Layer:
     """y[..., :] = T[x[...], :]:  each integer id picks its row of the table T (vocab, features).
 
     x: integer ids of any shape (e.g. (batch, seq)), each in [0, vocab_size); y: x.shape +
@@ -32,7 +40,7 @@ def embedding(vocab_size: int, features: int, *,
     Args:
         vocab_size: the number of rows of T (ids in [0, vocab_size)), a positive int.
         features: the width of each row, a positive int.
-        table_init (Callable): initializer of T, called as
+        table_init: initializer of T, called as
             `table_init(key, (vocab_size, features), dtype)`; default normal, stddev 1.
 
     Returns:
@@ -120,7 +128,7 @@ def input_embeddings(net: Layer, path: str = "") -> list[tuple[str, Layer]]:
     return [(path, net)] if net in _VOCAB else []
 
 
-def check_token_ids(fn_name: str, net: Layer, x) -> None:
+def check_token_ids(fn_name: str, net: Layer, x: ArrayLike) -> None:
     """ValueError, naming the layer and the ids found, if integer `x` holds an id outside
     [−vocab, vocab) of an embedding that reads it (`input_embeddings`); nothing for float x
     or a net whose input no embedding reads. Meant for host data, where data enters
@@ -143,8 +151,9 @@ def check_token_ids(fn_name: str, net: Layer, x) -> None:
                 f"larger than embedding's vocab_size={vocab}?")
 
 
-def positional_embedding(max_len: int, *,
-                         table_init=jax.nn.initializers.normal(stddev=0.02)) -> Layer:
+def positional_embedding(
+        max_len: int, *,
+        table_init: Initializer = jax.nn.initializers.normal(stddev=0.02)) -> Layer:
     """Learned positions: y[b, t, :] = x[b, t, :] + P[t, :], for sequences (batch, T, d) with
     T ≤ max_len; P = params["table"], (max_len, d).
 
@@ -155,8 +164,8 @@ def positional_embedding(max_len: int, *,
 
     Args:
         max_len: the longest sequence T the table covers, a positive int.
-        table_init (Callable): initializer of P, called as `table_init(key, (max_len, d),
-            dtype)`; default normal, stddev 0.02.
+        table_init: initializer of P, called as `table_init(key, (max_len, d), dtype)`;
+            default normal, stddev 0.02.
 
     Returns:
         A stateless `Layer`, `positional_embedding(max_len)`: params `{"table": (max_len,

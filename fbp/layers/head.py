@@ -6,11 +6,12 @@ import numbers
 
 import jax
 
-from fbp._layer import Layer
+from fbp._layer import Initializer, Layer
 from fbp.layers.dense import affine
 
 
-def linear_softmax_head(vocab: int, *, w_init=jax.nn.initializers.glorot_uniform()) -> Layer:
+def linear_softmax_head(vocab: int, *,
+                        w_init: Initializer = jax.nn.initializers.glorot_uniform()) -> Layer:
     """Logits z = x W over a vocabulary (no bias): x (..., d), W (d, vocab), z (..., vocab).
 
     On its own it computes what `dense(vocab, use_bias=False)` does (backward ∂W = xᵀg,
@@ -22,7 +23,7 @@ def linear_softmax_head(vocab: int, *, w_init=jax.nn.initializers.glorot_uniform
 
     Args:
         vocab: the vocabulary size, the number of logits per token, a positive int.
-        w_init (Callable): initializer of W, called as `w_init(key, (d, vocab), dtype)`;
+        w_init: initializer of W, called as `w_init(key, (d, vocab), dtype)`;
             default Glorot uniform.
 
     Returns:

@@ -11,11 +11,18 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fbp._layer import Layer, check_input, check_param_shapes, check_shape, default_float_dtype
+from fbp._layer import (
+    Initializer,
+    Layer,
+    check_input,
+    check_param_shapes,
+    check_shape,
+    default_float_dtype,
+)
 
 
-def layer_norm(*, eps: float = 1e-5, scale_init=jax.nn.initializers.ones,
-               bias_init=jax.nn.initializers.zeros) -> Layer:
+def layer_norm(*, eps: float = 1e-5, scale_init: Initializer = jax.nn.initializers.ones,
+               bias_init: Initializer = jax.nn.initializers.zeros) -> Layer:
     """y = γ ⊙ x̂ + β,  x̂ = (x − μ) / √(σ² + ε),  μ, σ² the mean and variance of x's last axis.
 
     Shapes: x (..., d), γ = params["scale"] (d,), β = params["bias"] (d,), y like x.
@@ -29,9 +36,9 @@ def layer_norm(*, eps: float = 1e-5, scale_init=jax.nn.initializers.ones,
 
     Args:
         eps: ε > 0, added to the variance before the square root; default 1e-5.
-        scale_init (Callable): initializer of γ, called as `scale_init(key, (d,), dtype)`;
+        scale_init: initializer of γ, called as `scale_init(key, (d,), dtype)`;
             default ones.
-        bias_init (Callable): initializer of β, called as `bias_init(key, (d,), dtype)`;
+        bias_init: initializer of β, called as `bias_init(key, (d,), dtype)`;
             default zeros.
 
     Returns:

@@ -13,6 +13,8 @@ of ∂x̃ directly instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -103,7 +105,8 @@ def _crop_nhwc(xp, pads, in_hw):
     return xp[:, lo_h:lo_h + in_hw[0], lo_w:lo_w + in_hw[1], :]
 
 
-def max_pool(window, *, strides=None, padding="VALID") -> Layer:
+def max_pool(window: int | Sequence[int], *, strides: int | Sequence[int] | None = None,
+             padding: str | Sequence[tuple[int, int]] = "VALID") -> Layer:
     """y[n, p, q, c] = max_{i, j} x̃[n, p·s_h + i, q·s_w + j, c]   (x̃ padded with −∞).
 
     strides default to the window (non-overlapping windows).
@@ -114,13 +117,12 @@ def max_pool(window, *, strides=None, padding="VALID") -> Layer:
     then ∂x = ∂x̃ without the padding. (With ties in a window only one element gets g.)
 
     Args:
-        window (int | tuple[int, int]): the window (k_h, k_w); an int k means (k, k).
-        strides (int | tuple[int, int] | None): the steps (s_h, s_w) between windows; an
-            int s means (s, s); None (default) means the window itself.
-        padding (str | tuple[tuple[int, int], tuple[int, int]]): "VALID" (default: no
-            padding), "SAME" (the fewest elements so that each output size is ⌈n / s⌉, the
-            odd one at the high end) or explicit ((lo_h, hi_h), (lo_w, hi_w)), each side
-            smaller than the window.
+        window: the window (k_h, k_w); an int k means (k, k).
+        strides: the steps (s_h, s_w) between windows; an int s means (s, s); None
+            (default) means the window itself.
+        padding: "VALID" (default: no padding), "SAME" (the fewest elements so that each
+            output size is ⌈n / s⌉, the odd one at the high end) or explicit
+            ((lo_h, hi_h), (lo_w, hi_w)), each side smaller than the window.
 
     Returns:
         A stateless, parameter-free `Layer`, `max_pool(window)`: params `{}`; input NHWC
@@ -181,7 +183,8 @@ def max_pool(window, *, strides=None, padding="VALID") -> Layer:
     return _pool_layer("max_pool", window, strides, padding, fwd, bwd)
 
 
-def avg_pool(window, *, strides=None, padding="VALID") -> Layer:
+def avg_pool(window: int | Sequence[int], *, strides: int | Sequence[int] | None = None,
+             padding: str | Sequence[tuple[int, int]] = "VALID") -> Layer:
     """y[n, p, q, c] = (1 / |w_pq|) Σ_{(i, j) ∈ w_pq} x̃[n, p·s_h + i, q·s_w + j, c].
 
     |w_pq| counts the input (not padding) elements of window (p, q): padding is left out
@@ -193,13 +196,12 @@ def avg_pool(window, *, strides=None, padding="VALID") -> Layer:
     then ∂x = ∂x̃ without the padding (the padding's share is dropped, as it is not counted).
 
     Args:
-        window (int | tuple[int, int]): the window (k_h, k_w); an int k means (k, k).
-        strides (int | tuple[int, int] | None): the steps (s_h, s_w) between windows; an
-            int s means (s, s); None (default) means the window itself.
-        padding (str | tuple[tuple[int, int], tuple[int, int]]): "VALID" (default: no
-            padding), "SAME" (the fewest elements so that each output size is ⌈n / s⌉, the
-            odd one at the high end) or explicit ((lo_h, hi_h), (lo_w, hi_w)), each side
-            smaller than the window.
+        window: the window (k_h, k_w); an int k means (k, k).
+        strides: the steps (s_h, s_w) between windows; an int s means (s, s); None
+            (default) means the window itself.
+        padding: "VALID" (default: no padding), "SAME" (the fewest elements so that each
+            output size is ⌈n / s⌉, the odd one at the high end) or explicit
+            ((lo_h, hi_h), (lo_w, hi_w)), each side smaller than the window.
 
     Returns:
         A stateless, parameter-free `Layer`, `avg_pool(window)`: params `{}`; input NHWC
