@@ -549,7 +549,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return args.run(args)
 
 
-__all__ = ["main", "UsageError", "LOSSES", "make_optimizer", "interleaved_step_times"]
+def entry() -> int:
+    """The `fbp` command: `main` in a process of its own. For `fbp train` and `fbp check` it
+    first keeps freed host memory (`fbp.keep_host_memory`, before JAX starts), so that
+    XLA:CPU's per-call temporaries are not mapped and faulted in anew on every step; `fbp
+    bench` does so only with `--keep-host-memory`, which its reports record."""
+    argv = sys.argv[1:]
+    if _command(argv) in ("train", "check"):
+        from fbp.host import keep_host_memory
+
+        keep_host_memory()
+    return main(argv)
+
+
+__all__ = ["main", "entry", "UsageError", "LOSSES", "make_optimizer", "interleaved_step_times"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

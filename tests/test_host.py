@@ -60,3 +60,18 @@ def test_keep_host_memory_after_a_computation_changes_nothing():
     jnp.ones(2).block_until_ready()
     with pytest.warns(UserWarning, match="before the first computation"):
         assert fbp.keep_host_memory() is False
+
+
+@pytest.mark.parametrize(("argv", "kept"), [(["train", "--help"], True), (["check", "--help"], True),
+                                            (["--help"], False), (["bench", "--help"], False)])
+def test_the_fbp_command_keeps_host_memory_for_train_and_check(monkeypatch, argv, kept):
+    import fbp.cli
+    import fbp.host
+
+    calls = []
+    monkeypatch.setattr(fbp.host, "keep_host_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(sys, "argv", ["fbp", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        fbp.cli.entry()
+    assert exit_.value.code == 0
+    assert calls == ([1] if kept else [])
