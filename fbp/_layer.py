@@ -478,6 +478,31 @@ def cast_floating(tree: PyTree, dtype: DTypeLike | None) -> PyTree:
     return jax.tree_util.tree_map(cast, tree)
 
 
+def check_initializers(name: str, **inits: Any) -> None:
+    """Raise TypeError, naming the layer and the argument, for an initializer that is not
+    callable (a layer constructor's check, before anything is built).
+
+    Args:
+        name: the layer's name for the message.
+        **inits: the initializers by argument name (`w_init=...`, `b_init=...`).
+
+    Raises:
+        TypeError: one is not a function (key, shape, dtype) -> array.
+
+    Examples:
+        >>> import jax
+        >>> from fbp.contract import check_initializers
+        >>> check_initializers("dense", w_init=jax.nn.initializers.lecun_normal())
+        >>> check_initializers("dense", w_init="glorot")
+        Traceback (most recent call last):
+        TypeError: dense: w_init must be a function (key, shape, dtype) -> array, got str
+    """
+    for what, init in inits.items():
+        if not callable(init):
+            raise TypeError(f"{name}: {what} must be a function (key, shape, dtype) -> array, "
+                            f"got {type(init).__name__}")
+
+
 def check_shape(name: str, shape: Sequence[int], *, min_rank: int = 1) -> Shape:
     """Validate an `input_shape` given to `init`.
 

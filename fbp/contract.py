@@ -46,6 +46,7 @@ from fbp._layer import (
     State,
     at_least_float32,
     cast_floating,
+    check_initializers,
     check_input,
     check_no_params,
     check_param_shapes,
@@ -68,7 +69,7 @@ __all__ = [
     # calling any layer, stateful or not
     "init_with_state", "fwd_with_state",
     # checks on what init and fwd receive
-    "check_shape", "check_input", "check_no_params", "check_param_shapes",
+    "check_shape", "check_input", "check_no_params", "check_param_shapes", "check_initializers",
     # dtypes
     "default_float_dtype", "at_least_float32", "cast_floating",
     # residuals: arrays only

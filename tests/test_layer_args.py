@@ -219,3 +219,15 @@ def test_from_function_valid_arguments():
         return input_shape, {"a": jnp.ones(())}
     layer = L.from_function(lambda p, x: p["a"] * x, init=init, name="scale")
     assert layer.init(jax.random.key(0), (2, 3))[0] == (2, 3)
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: L.dense(3, w_init="glorot"), r"^dense: w_init must be a function .* got str"),
+    (lambda: L.dense(3, b_init=0.0), r"^dense: b_init must be a function .* got float"),
+    (lambda: L.conv2d(4, 3, w_init=None), r"^conv2d: w_init must be a function .* got NoneType"),
+    (lambda: L.multi_head_attention(2, b_init=[0]),
+     r"^multi_head_attention: b_init must be a function .* got list"),
+])
+def test_uncallable_initializers_are_refused_at_construction(build, message):
+    with pytest.raises(TypeError, match=message):
+        build()

@@ -12,6 +12,7 @@ from jax import lax
 from fbp._layer import (
     Initializer,
     Layer,
+    check_initializers,
     check_input,
     check_param_shapes,
     check_shape,
@@ -115,6 +116,43 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
     (neither [Q | K | V] nor its gradient is held whole in the backward). Memory O(T·d + c²)
     per head instead of O(T²); with `causal`, the blocks above the diagonal are skipped. T
     need not be a multiple of c.
+
+    Args:
+        num_heads: h, a positive int that divides the feature width d.
+        causal: mask the keys after each query (S_ij = −∞ for j > i): a decoder's attention.
+        chunk_size: None (default) for the dense layer; a positive int c for the chunked,
+            FlashAttention-style forward and backward (the same function and gradients).
+        w_init: the initializer of the four (d, d) weights (Glorot uniform by default).
+        b_init: the initializer of the three (d,) biases (zeros by default).
+
+    Returns:
+        A stateless `Layer` on (B, T, d) -> (B, T, d), params `w_q`, `w_k`, `w_v`, `w_o`
+        (d, d) and `b_q`, `b_v`, `b_o` (d,), named `multi_head_attention(h[, causal][,
+        chunk_size=c])`.
+
+    Raises:
+        ValueError: `num_heads` or `chunk_size` is not a positive int (chunk_size: or None).
+            (`init` and `fwd` raise ValueError for an input that is not rank 3 or whose
+            width h does not divide, or params of other shapes.)
+        TypeError: `w_init` or `b_init` is not callable.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, numpy as np
+        >>> from fbp import layers as L
+        >>> layer = L.multi_head_attention(2, causal=True)
+        >>> _, params = layer.init(jax.random.key(0), (1, 5, 4))
+        >>> sorted(params)
+        ['b_o', 'b_q', 'b_v', 'w_k', 'w_o', 'w_q', 'w_v']
+        >>> x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 5, 4)), jnp.float32)
+        >>> y = layer.apply(params, x)
+        >>> y.shape
+        (1, 5, 4)
+        >>> y2 = layer.apply(params, x.at[:, 3:].set(9.0))   # causal: a later token changes
+        >>> bool(jnp.allclose(y[:, :3], y2[:, :3]))             # nothing before it
+        True
+        >>> chunked = L.multi_head_attention(2, causal=True, chunk_size=2)
+        >>> bool(jnp.allclose(chunked.apply(params, x), y, atol=1e-6))   # the same function
+        True
     """
     if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads <= 0:
         raise ValueError(f"multi_head_attention: num_heads must be a positive int, "
@@ -123,6 +161,7 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
                                    or chunk_size <= 0):
         raise ValueError(f"multi_head_attention: chunk_size must be a positive int or None, "
                          f"got {chunk_size!r}")
+    check_initializers("multi_head_attention", w_init=w_init, b_init=b_init)
     name = (f"multi_head_attention({num_heads}{', causal' if causal else ''}"
             f"{f', chunk_size={chunk_size}' if chunk_size else ''})")
 
@@ -224,6 +263,31 @@ def transformer_block(num_heads: int, mlp_ratio: int = 4, causal: bool = False,
     composed: ∂h = g + MLP-branch.bwd(g), then ∂x = ∂h + attention-branch.bwd(∂h).
     Params: those of serial(residual(serial(LN₁, MHA)), residual(serial(LN₂, dense, gelu,
     dense))).
+
+    Args:
+        num_heads: the attention's h, a positive int that divides d.
+        mlp_ratio: the MLP's hidden width as a multiple of d (default 4).
+        causal: the attention's causal mask.
+        dropout: the rate of dropout on each branch's output in training (0: none).
+        chunk_size: the attention's chunk size (None: dense; see `multi_head_attention`).
+
+    Returns:
+        A stateless `Layer` on (B, T, d) -> (B, T, d).
+
+    Raises:
+        ValueError: `num_heads`, `mlp_ratio` or `chunk_size` is not a positive int, or
+            `dropout` not in [0, 1).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from fbp import layers as L
+        >>> block = L.transformer_block(2, mlp_ratio=2, causal=True)
+        >>> out_shape, params = block.init(jax.random.key(0), (1, 3, 4))
+        >>> out_shape
+        (1, 3, 4)
+        >>> attention, mlp = params                 # the two residual branches
+        >>> jax.tree.map(jnp.shape, mlp)            # LN₂, dense(2d), gelu, dense(d)
+        ({'bias': (4,), 'scale': (4,)}, {'b': (8,), 'w': (4, 8)}, {}, {'b': (4,), 'w': (8, 4)})
     """
     if not isinstance(mlp_ratio, int) or isinstance(mlp_ratio, bool) or mlp_ratio <= 0:
         raise ValueError(f"transformer_block: mlp_ratio must be a positive int, got {mlp_ratio!r}")

@@ -24,6 +24,7 @@ from fbp._layer import (
     Initializer,
     Layer,
     at_least_float32,
+    check_initializers,
     check_input,
     check_param_shapes,
     check_shape,
@@ -205,6 +206,7 @@ def conv2d(features: int, kernel_size: int | Sequence[int], *, strides: int | Se
             `dilation` is not a positive int or pair of them; `padding` is none of the
             above. (`init` and `fwd` raise ValueError for an input that is not NHWC or that
             the (dilated) kernel does not fit, or params of other shapes.)
+        TypeError: `w_init` or `b_init` is not callable.
 
     Examples:
         >>> import jax, jax.numpy as jnp, numpy as np
@@ -233,6 +235,7 @@ def conv2d(features: int, kernel_size: int | Sequence[int], *, strides: int | Se
     name = f"conv2d({features}, {kernel_size})"
     if not _is_int(features) or features <= 0:
         raise ValueError(f"conv2d: features must be a positive int, got {features!r}")
+    check_initializers("conv2d", w_init=w_init, b_init=b_init)
     kernel_size = _pair(name, "kernel_size", kernel_size)
     strides = _pair(name, "strides", strides)
     dilation = _pair(name, "dilation", dilation)

@@ -9,6 +9,7 @@ import jax
 from fbp._layer import (
     Initializer,
     Layer,
+    check_initializers,
     check_input,
     check_param_shapes,
     check_shape,
@@ -45,6 +46,7 @@ def dense(features: int, *, use_bias: bool = True,
     Raises:
         ValueError: `features` is not a positive int. (`fwd` raises ValueError for params
             or an input of other shapes, TypeError for an input of another dtype.)
+        TypeError: `w_init` or `b_init` is not callable.
 
     Examples:
         >>> import jax, jax.numpy as jnp, numpy as np
@@ -69,6 +71,7 @@ def dense(features: int, *, use_bias: bool = True,
     """
     if not isinstance(features, numbers.Integral) or isinstance(features, bool) or features <= 0:
         raise ValueError(f"dense: features must be a positive int, got {features!r}")
+    check_initializers("dense", w_init=w_init, b_init=b_init)
     features = int(features)
     return affine(f"dense({features})", features, use_bias=use_bias, w_init=w_init,
                   b_init=b_init)

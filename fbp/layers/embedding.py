@@ -13,6 +13,7 @@ from jax.typing import ArrayLike
 from fbp._layer import (
     Initializer,
     Layer,
+    check_initializers,
     check_input,
     check_param_shapes,
     check_shape,
@@ -73,9 +74,7 @@ def embedding(vocab_size: int, features: int, *,
     for what, v in (("vocab_size", vocab_size), ("features", features)):
         if not _is_positive_int(v):
             raise ValueError(f"embedding: {what} must be a positive int, got {v!r}")
-    if not callable(table_init):
-        raise TypeError(f"embedding: table_init must be a function (key, shape, dtype) -> "
-                        f"array, got {type(table_init).__name__}")
+    check_initializers("embedding", table_init=table_init)
     vocab_size, features = int(vocab_size), int(features)
     name = f"embedding({vocab_size}, {features})"
 
@@ -194,9 +193,7 @@ def positional_embedding(
     """
     if not _is_positive_int(max_len):
         raise ValueError(f"positional_embedding: max_len must be a positive int, got {max_len!r}")
-    if not callable(table_init):
-        raise TypeError(f"positional_embedding: table_init must be a function (key, shape, "
-                        f"dtype) -> array, got {type(table_init).__name__}")
+    check_initializers("positional_embedding", table_init=table_init)
     max_len = int(max_len)
     name = f"positional_embedding({max_len})"
 

@@ -6,7 +6,7 @@ import numbers
 
 import jax
 
-from fbp._layer import Initializer, Layer
+from fbp._layer import Initializer, Layer, check_initializers
 from fbp.layers.dense import affine
 
 
@@ -57,9 +57,7 @@ def linear_softmax_head(vocab: int, *,
     """
     if not isinstance(vocab, numbers.Integral) or isinstance(vocab, bool) or vocab <= 0:
         raise ValueError(f"linear_softmax_head: vocab must be a positive int, got {vocab!r}")
-    if not callable(w_init):
-        raise TypeError(f"linear_softmax_head: w_init must be a function (key, shape, dtype) "
-                        f"-> array, got {type(w_init).__name__}")
+    check_initializers("linear_softmax_head", w_init=w_init)
     vocab = int(vocab)
     return affine(f"linear_softmax_head({vocab})", vocab, use_bias=False, w_init=w_init)
 

@@ -14,6 +14,7 @@ from jax import lax
 from fbp._layer import (
     Initializer,
     Layer,
+    check_initializers,
     check_input,
     check_param_shapes,
     check_shape,
@@ -74,10 +75,7 @@ def layer_norm(*, eps: float = 1e-5, scale_init: Initializer = jax.nn.initialize
     if (not isinstance(eps, numbers.Real) or isinstance(eps, bool)
             or not (math.isfinite(eps) and eps > 0)):
         raise ValueError(f"layer_norm: eps must be a positive finite number, got {eps!r}")
-    for what, init_fn in (("scale_init", scale_init), ("bias_init", bias_init)):
-        if not callable(init_fn):
-            raise TypeError(f"layer_norm: {what} must be a function (key, shape, dtype) -> "
-                            f"array, got {type(init_fn).__name__}")
+    check_initializers("layer_norm", scale_init=scale_init, bias_init=bias_init)
     name = "layer_norm" if eps == 1e-5 else f"layer_norm(eps={eps})"
     eps = float(eps)   # a Python float stays weakly typed: y keeps x's dtype
 
