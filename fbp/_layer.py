@@ -478,6 +478,20 @@ def cast_floating(tree: PyTree, dtype: DTypeLike | None) -> PyTree:
     return jax.tree_util.tree_map(cast, tree)
 
 
+def after(x: Array, g: Array) -> Array:
+    """x + (−0.0), the −0.0 computed from g: the same x, bit for bit, but a value that XLA
+    sees depending on g, so that what is computed from it is neither scheduled before g
+    exists nor merged with an earlier computation from x (remat's recomputation, chunked
+    attention's Q in its backward). An optimization barrier alone does not stop XLA:CPU from
+    merging a recomputation with the first forward (measured: no memory saved); this does,
+    on every backend. Integer x (token ids) is left as it is."""
+    if not jnp.issubdtype(x.dtype, jnp.floating) or g.size == 0:
+        return x
+    g0 = g.reshape(-1)[0]
+    minus_zero = -jnp.abs(jnp.where(jnp.isfinite(g0), g0 * 0, 0))  # −0.0 whatever g0 is
+    return x + minus_zero.astype(x.dtype)
+
+
 def check_initializers(name: str, **inits: Any) -> None:
     """Raise TypeError, naming the layer and the argument, for an initializer that is not
     callable (a layer constructor's check, before anything is built).

@@ -34,7 +34,7 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from fbp._layer import at_least_float32
+from fbp._layer import after, at_least_float32
 
 
 def _geometry(t: int, chunk: int) -> tuple[int, int]:
@@ -62,13 +62,6 @@ def _split(a, h: int):
     products below take their blocks in this layout."""
     b, t, d = a.shape
     return a.reshape(b, t, h, d // h)
-
-
-def _after(x, y):
-    """x + (−0.0), the −0.0 computed from y: the same x, bit for bit, but a value that XLA
-    sees depending on y, so what is computed from it is not scheduled before y exists."""
-    y0 = y.reshape(-1)[0]
-    return x + (-jnp.abs(jnp.where(jnp.isfinite(y0), y0 * 0, 0))).astype(x.dtype)
 
 
 def _mask(i, j, c: int, t: int, causal: bool):
@@ -152,7 +145,7 @@ def backward(x, w, bias, o, lse, do, *, heads: int, chunk: int, causal: bool):
     delta = _padded(jnp.transpose(delta, (0, 2, 1)), n, c, axis=2)            # (B, h, T)
     lse = _padded(lse.astype(acc), n, c, axis=2)
     xp = _padded(x, n, c, axis=1)
-    xq = _after(xp, delta)  # Q is recomputed here in the backward, not hoisted into the forward
+    xq = after(xp, delta)  # Q is recomputed here in the backward, not hoisted into the forward
     q = _split((xq @ w_q + b_q[None, None, :]).astype(acc), heads) * scale  # Q, dO whole: every
     do = _split(_padded(do, n, c, axis=1).astype(acc), heads)  # key block visits their blocks
 

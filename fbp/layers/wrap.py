@@ -8,11 +8,11 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
 from fbp._layer import (
     Layer,
+    after,
     check_shape,
     child_bwd,
     child_fwd,
@@ -121,18 +121,6 @@ class EvalInput(NamedTuple):
     state: Any
 
 
-def _after(x, g):
-    """x + (−0.0), the −0.0 computed from g: the same x, bit for bit, but a value that XLA
-    sees depending on g. An optimization barrier alone does not stop XLA:CPU from merging
-    the recomputation with the first forward (measured: no memory saved); this does, on
-    every backend. Integer x (token ids) is left as it is."""
-    if not jnp.issubdtype(x.dtype, jnp.floating) or g.size == 0:
-        return x
-    g0 = g.reshape(-1)[0]
-    minus_zero = -jnp.abs(jnp.where(jnp.isfinite(g0), g0 * 0, 0))  # −0.0 whatever g0 is
-    return x + minus_zero.astype(x.dtype)
-
-
 def remat(layer: Layer) -> Layer:
     """`layer` with the same forward and gradients, keeping only its input as residual.
 
@@ -144,8 +132,8 @@ def remat(layer: Layer) -> Layer:
 
     Memory for compute: a block's intermediates live only during its own backward instead
     of from the forward to the backward. The recomputation starts from x tied to g (see
-    `_after`), so XLA can neither merge it back into the first forward nor run it before
-    the backward reaches the block. Params and state are `layer`'s own.
+    `fbp._layer.after`), so XLA can neither merge it back into the first forward nor run it
+    before the backward reaches the block. Params and state are `layer`'s own.
 
     Args:
         layer: the layer (often a block of several) whose residuals are recomputed.
@@ -190,7 +178,7 @@ def remat(layer: Layer) -> Layer:
 
     # bwd :: (P, res, CT Y) -> (CT P, CT X): recompute the residuals, then the layer's bwd
     def bwd(params, res, g):
-        x, g = lax.optimization_barrier((_after(res.x, g), g))
+        x, g = lax.optimization_barrier((after(res.x, g), g))
         _, inner_res, _ = child_fwd("remat", 0, layer, params, x, key=res.key,
                                     train=isinstance(res, TrainInput), state=res.state)
         return child_bwd("remat", 0, layer, params, inner_res, g)
