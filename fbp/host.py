@@ -46,6 +46,7 @@ def keep_host_memory() -> bool:
 
     Measured (2 CPU cores, JAX 0.10.2, `benchmarks/results`): the 2-block transformer step
     146 → 115 ms with 40,600 → 0 page faults per step; the CNN step's `jax.grad` 90 → 67 ms.
+    On a machine loaded by other processes a call still faults its pages in now and then.
 
     Returns:
         True if the parameters were set; False where there is nothing to set (not Linux,
