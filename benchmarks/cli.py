@@ -203,7 +203,8 @@ def run_from_args(args) -> int:
         import fbp
 
         if not fbp.keep_host_memory():
-            print("benchmarks: --keep-host-memory: nothing to set here (not Linux with glibc)",
+            print("benchmarks: --keep-host-memory: not applied (not Linux with glibc, or JAX "
+                  "has already run a computation in this process)",
                   file=sys.stderr)
             return 2
         os.environ["FBP_KEEP_HOST_MEMORY"] = "1"  # for measure.environment's records

@@ -495,3 +495,31 @@ def test_peer_model_is_fbp_model(peer):
                                 L.dense(config.sizes[-1]))
             other = float(losses.softmax_cross_entropy(unmasked.apply(params, x), y))
             assert abs(other - loss) > 1e-3 * abs(loss)
+
+
+def test_keep_host_memory_after_jax_started_is_refused(tmp_path, capsys):
+    """In a process where JAX has run, --keep-host-memory cannot take effect: exit 2 with a
+    line saying so (and fbp's warning), nothing measured under a setting it did not get."""
+    import jax.numpy as jnp
+
+    jnp.ones(1).block_until_ready()
+    with pytest.warns(UserWarning, match="before the first computation"):
+        code = cli.main(["--quick", "--config", "tiny", "--keep-host-memory", "--no-progress",
+                         "--out", str(tmp_path / "r")])
+    assert code == 2 and not (tmp_path / "r").exists()
+    assert "--keep-host-memory" in capsys.readouterr().err
+
+
+def test_keep_host_memory_is_recorded(tmp_path):
+    """A fresh process: the setting is applied before JAX starts and every record says so."""
+    import subprocess
+
+    out = tmp_path / "r"
+    subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--config", "tiny",
+                    "--steps-only", "--keep-host-memory", "--no-progress", "--out", str(out)],
+                   cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True,
+                   timeout=600)
+    records = json.loads((out / "results.json").read_text())
+    kept = {r.get("host_memory") for r in records if "jax_version" in r}
+    assert kept == {"kept (fbp.keep_host_memory)"}
+    assert "host memory kept (fbp.keep_host_memory)" in (out / "results.md").read_text()
