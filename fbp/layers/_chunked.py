@@ -2,7 +2,8 @@
 projections inside the loops: the forward keeps O(T) per head instead of the (T × T)
 probabilities, and the backward recomputes them, one (c × c) block at a time.
 
-x is (B, T, d); heads are h of width d_h = d / h, laid out (B, h, T, d_h) inside. The
+x is (B, T, d); heads are h of width d_h = d / h, split in place as (B, T, h, d_h) (a
+reshape of the rows, no transposes); each block's products batch over (B, h). The
 sequence is cut into n = ⌈T / c⌉ blocks of c positions (the last one padded; padded keys
 are masked out, padded queries get a zero cotangent), read in place with dynamic slices.
 Q = (x W_q + b_q) / √d_h,  K = x W_k,  V = x W_v + b_v.
