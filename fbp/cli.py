@@ -504,6 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--plot", default=None, help="write loss curves to this PNG")
+    p.add_argument("--keep-host-memory", action="store_true",
+                   help="keep freed host memory in the process (fbp.keep_host_memory): "
+                        "steps with large temporaries run faster, compiling is slower")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-extras", action="store_true",
                    help="skip the gradient check and the manual vs auto step timing")
@@ -550,12 +553,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> int:
-    """The `fbp` command: `main` in a process of its own. For `fbp train` and `fbp check` it
-    first keeps freed host memory (`fbp.keep_host_memory`, before JAX starts), so that
-    XLA:CPU's per-call temporaries are not mapped and faulted in anew on every step; `fbp
-    bench` does so only with `--keep-host-memory`, which its reports record."""
+    """The `fbp` command: `main` in a process of its own. `fbp train --keep-host-memory`
+    calls `fbp.keep_host_memory` here, before JAX starts, as it must be (`fbp bench
+    --keep-host-memory` does so in the benchmarks' own start)."""
     argv = sys.argv[1:]
-    if _command(argv) in ("train", "check"):
+    if _command(argv) == "train" and "--keep-host-memory" in argv:
         from fbp.host import keep_host_memory
 
         keep_host_memory()

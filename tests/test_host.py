@@ -68,9 +68,10 @@ def test_keep_host_memory_after_a_computation_changes_nothing():
         assert fbp.keep_host_memory() is False
 
 
-@pytest.mark.parametrize(("argv", "kept"), [(["train", "--help"], True), (["check", "--help"], True),
-                                            (["--help"], False), (["bench", "--help"], False)])
-def test_the_fbp_command_keeps_host_memory_for_train_and_check(monkeypatch, argv, kept):
+@pytest.mark.parametrize(("argv", "kept"), [
+    (["train", "--keep-host-memory", "--help"], True), (["train", "--help"], False),
+    (["check", "--help"], False), (["--help"], False), (["bench", "--help"], False)])
+def test_fbp_train_keeps_host_memory_when_asked(monkeypatch, argv, kept):
     import fbp.cli
     import fbp.host
 
