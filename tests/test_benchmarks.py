@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import platform
 import sys
 from pathlib import Path
 
@@ -497,6 +498,8 @@ def test_peer_model_is_fbp_model(peer):
             assert abs(other - loss) > 1e-3 * abs(loss)
 
 
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's mallopt")
 def test_keep_host_memory_after_jax_started_is_refused(tmp_path, capsys):
     """In a process where JAX has run, --keep-host-memory cannot take effect: exit 2 with a
     line saying so (and fbp's warning), nothing measured under a setting it did not get."""
@@ -510,6 +513,8 @@ def test_keep_host_memory_after_jax_started_is_refused(tmp_path, capsys):
     assert "--keep-host-memory" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's mallopt")
 def test_keep_host_memory_is_recorded(tmp_path):
     """A fresh process: the setting is applied before JAX starts and every record says so."""
     import subprocess
