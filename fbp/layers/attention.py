@@ -219,15 +219,16 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
     def bwd(params, res, g):
         x, o = res[0], res[-2 if chunk_size else -1]
         b, t, d = x.shape
-        x, g = x.reshape(b * t, d), g.reshape(b * t, d)
+        g = g.reshape(b * t, d)
         grads = {"w_o": o.T @ g, "b_o": jnp.sum(g, axis=0)}
         do = g @ params["w_o"].T
         if chunk_size:  # the blocks of P recomputed from lse, one at a time
             (dw_q, dw_k, dw_v), (db_q, db_v), dx = _chunked.backward(
-                x.reshape(b, t, d), _projections(params), _biases(params), o.reshape(b, t, d), res[2],
+                x, _projections(params), _biases(params), o.reshape(b, t, d), res[2],
                 do.reshape(b, t, d), heads=num_heads, chunk=chunk_size, causal=causal)
             grads.update(w_q=dw_q, w_k=dw_k, w_v=dw_v, b_q=db_q, b_v=db_v)
             return grads, dx
+        x = x.reshape(b * t, d)
         scale = 1 / math.sqrt(d // num_heads)
         w, bias = _qkv(params)
         _, q, k, v, e, r, _ = res
