@@ -12,6 +12,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.scipy.special import erfc
 
 from fbp._layer import Layer, check_input, check_no_params, check_shape
@@ -241,6 +242,12 @@ def gelu(approximate: bool = False) -> Layer:
         return y, z
 
     def bwd(z, g):
+        # The barrier keeps XLA from merging this recomputation of Φ(z) with the forward's
+        # (fwd and bwd sit in one program in a train step): merged, the shared pieces of
+        # erfc are written out whole and read back, one pass over (B, T, 4d) each. Kept
+        # apart, each side is one loop: dense → gelu → dense fwd+bwd at (16, 128, 256)
+        # measured 24.6 → 22.7 ms on CPU (tanh form 22.0 → 21.3).
+        z = lax.optimization_barrier(z)
         if approximate:
             t = jnp.tanh(_SQRT_2_OVER_PI * (z + c * z**3))
             du = _SQRT_2_OVER_PI * (1 + 3 * c * z * z)
