@@ -201,8 +201,8 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
         return {**{f"w_{z}": (d, d) for z in _PROJECTIONS},
                 **{f"b_{z}": (d,) for z in _BIASES}}
 
-    # fwd :: (P, X) -> (Y, res)   (res: x, Qᵀ as (B·h, d_h, T), K and V as (B·h, T, d_h), E, r, O rows)
-    #   dense:   res = (x, Q/√d_h, K, V, E, r, O rows)
+    # fwd :: (P, X) -> (Y, res)
+    #   dense:   res = (x, (Q/√d_h)ᵀ as (B·h, d_h, T), K, V as (B·h, T, d_h), E, r, O rows)
     #   chunked: res = (x, O rows, lse)   — O(T) per head: no P; Q, K, V recomputed from x
     def fwd(params, x, *, key=None, train=False):
         del key, train
