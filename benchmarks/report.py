@@ -194,16 +194,20 @@ _SAME_AS_AUTO = ("jax.grad of the same layers, so XLA compiles what fbp auto get
                  "fbp auto / peer column and the temp MiB): where it beats fbp manual, the "
                  "difference is manual vs auto on this config (manual/auto above) or noise")
 _TORCH_CPU = ("its own kernels (MKL/oneDNN GEMMs and convolutions, a fused scaled_dot_product_"
-              "attention) run eagerly on its own threads; op by op, one thread each, they were "
-              "not faster than fbp's programs (benchmarks/README.md, Peers), so the gap is in "
-              "multi-threaded execution and not explained further")
+              "attention) run eagerly on its own threads; op by op on one thread they were not "
+              "faster than fbp's programs, but on both cores its matrix products are "
+              "(0.98–1.75× XLA:CPU's speed on the transformer step's products, python -m "
+              "benchmarks.transformer_profile --gemms; benchmarks/README.md, Peers); the "
+              "convolutions were not compared on both cores")
 _TORCH_CPU_TRANSFORMER = (
-    "two causes measured (2026-12-02): XLA:CPU allocates the step's ~150 MiB of temporaries "
-    "anew on every call and glibc faults every page in again (~40,600 page faults per step; "
-    "with --keep-host-memory, fbp.keep_host_memory(), the ratio went 1.40 → 1.21); and the "
-    "step's products run at 160–190 GFLOP/s inside the step against ~300 for the same product "
-    "alone (python -m benchmarks.transformer_profile --ops 'step manual'), where PyTorch's "
-    "fused scaled_dot_product_attention and oneDNN GEMMs keep their rate")
+    "the matrix-product kernels, measured (2026-12-02): the step's 39 products, each timed "
+    "alone on both cores (python -m benchmarks.transformer_profile --gemms), take 92.4 ms in "
+    "XLA:CPU against 68.7 in PyTorch (MKL/oneDNN), 0.98–1.75× slower on the 2-D products "
+    "and 2.3–2.7× on the attention's per-head batched ones: more than the whole gap, so "
+    "fbp's work outside the products is no slower than PyTorch's. Without "
+    "--keep-host-memory also ~40,000 page faults per step: XLA:CPU allocates the step's "
+    "temporaries anew on every call and glibc faults every page in again "
+    "(fbp.keep_host_memory())")
 PEER_FASTER_BECAUSE: dict[tuple[str, str, str], str] = {
     **{(peer, kind, "cpu"): _SAME_AS_AUTO for peer in ("flax", "equinox")
        for kind in ("mlp", "cnn", "transformer")},

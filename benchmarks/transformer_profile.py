@@ -25,6 +25,10 @@ is a fresh mapping each time, every page of it faulted in again (the 2-block ste
 `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647:glibc.malloc.arena_max=1`
 keeps freed memory in the heap for the next call (the process then holds its peak).
 
+`--gemms` first times the step's own matrix products (as fbp's backward runs them) in XLA
+and in PyTorch, one after the other in this process: the part of the gap to PyTorch that
+is the GEMM kernels.
+
 `--hlo DIR` writes each compiled program's text
 (`jax.jit(f).lower(...).compile().as_text()`) and prints a census of its instructions:
 how many dots, transposes, copies and fusions XLA made of it. `--ops NAME` runs one piece
@@ -239,6 +243,78 @@ def programs(chunk: int):
     return out
 
 
+def gemm_shapes() -> dict[str, tuple[tuple[int, ...], tuple[int, ...], str, int]]:
+    """Every matrix product of the 2-block step (fbp manual, as its layers write them), per
+    kind: {name: (a shape, b shape, form, how many in the step)}; form "nn" (a @ b), "tn"
+    (aᵀ b: a weight gradient xᵀ g), "nt" (a bᵀ: ∂x = g Wᵀ) or "tt" (aᵀ bᵀ)."""
+    n, d, f, bh, dh = B * T, D, MLP * D, B * HEADS, D // HEADS
+    blocks = 2
+    return {
+        "x W_qkv": ((n, d), (d, 3 * d), "nn", blocks),
+        "O W_o, LN(h) W_head": ((n, d), (d, d), "nn", blocks + 1),
+        "x W_1 (MLP up)": ((n, d), (d, f), "nn", blocks),
+        "a W_2 (MLP down)": ((n, f), (f, d), "nn", blocks),
+        "∂W_qkv = xᵀ ∂[Q|K|V]": ((n, d), (n, 3 * d), "tn", blocks),
+        "∂W_o, ∂W_head = xᵀ g": ((n, d), (n, d), "tn", blocks + 1),
+        "∂W_1 = xᵀ ∂z": ((n, d), (n, f), "tn", blocks),
+        "∂W_2 = aᵀ g": ((n, f), (n, d), "tn", blocks),
+        "∂x = ∂[Q|K|V] W_qkvᵀ": ((n, 3 * d), (d, 3 * d), "nt", blocks),
+        "∂O, ∂h = g Wᵀ (d × d)": ((n, d), (d, d), "nt", blocks + 1),
+        "∂x = ∂z W_1ᵀ": ((n, f), (d, f), "nt", blocks),
+        "∂a = g W_2ᵀ": ((n, d), (f, d), "nt", blocks),
+        "S = Q Kᵀ, ∂P = ∂O Vᵀ (per head)": ((bh, dh, T), (bh, T, dh), "tt", 2 * blocks),
+        "E V, ∂S K (per head)": ((bh, T, T), (bh, T, dh), "nn", 2 * blocks),
+        "∂Oᵀ E, Qᵀ ∂S (per head)": ((bh, dh, T), (bh, T, T), "nn", 2 * blocks),
+    }
+
+
+def gemm_rates(repeats: int) -> None:
+    """XLA's and PyTorch's times on `gemm_shapes`, in this process, and their sums over the
+    step: how much of the step's gap to PyTorch is the matrix-product kernels (XLA:CPU's
+    against PyTorch's MKL/oneDNN), which no layer of fbp can change."""
+    try:
+        import torch
+    except ImportError:
+        print("--gemms: PyTorch is not installed (pip install torch); nothing to compare")
+        return
+    rng = np.random.default_rng(0)
+    forms = {"nn": lambda a, b: a @ b,
+             "tn": lambda a, b: a.swapaxes(-1, -2) @ b,
+             "nt": lambda a, b: a @ b.swapaxes(-1, -2),
+             "tt": lambda a, b: a.swapaxes(-1, -2) @ b.swapaxes(-1, -2)}
+    runners, flop, count = {}, {}, {}
+    for name, (sa, sb, form, k) in gemm_shapes().items():
+        a = rng.standard_normal(sa).astype(np.float32)
+        b = rng.standard_normal(sb).astype(np.float32)
+        ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
+        xla, ref = jax.jit(forms[form]), forms[form]
+        out = np.asarray(xla(ja, jb))
+        if not np.allclose(out, ref(ta, tb).numpy(), rtol=1e-4, atol=1e-3):
+            raise AssertionError(f"--gemms: XLA and PyTorch disagree on {name}")
+        flop[name], count[name] = 2 * out.size * (sa[-2] if form[0] == "t" else sa[-1]), k
+        runners[f"xla {name}"] = lambda xla=xla, ja=ja, jb=jb: xla(ja, jb)
+        runners[f"torch {name}"] = lambda ref=ref, ta=ta, tb=tb: ref(ta, tb)
+    # Each library in its own run of calls (warm-up first), not A B A B: after each call
+    # PyTorch's OpenMP threads spin for a while, and an XLA call started then loses its
+    # cores to them (measured: XLA's GEMMs at ~170 GFLOP/s that way, ~270 alone).
+    measured = {}
+    for name in runners:
+        measured.update(interleaved({name: runners[name]}, repeats=repeats))
+    print(f"{'product':34s} {'n':>2s} {'XLA ms':>7s} {'GFLOP/s':>8s} {'torch ms':>8s} "
+          f"{'GFLOP/s':>8s} {'XLA/torch':>9s}")
+    total_x = total_t = 0.0
+    for name, fl in flop.items():
+        tx = statistics.median(measured[f"xla {name}"][0])
+        tt = statistics.median(measured[f"torch {name}"][0])
+        total_x, total_t = total_x + count[name] * tx, total_t + count[name] * tt
+        print(f"{name:34s} {count[name]:2d} {1e3 * tx:7.2f} {fl / tx / 1e9:8.0f} "
+              f"{1e3 * tt:8.2f} {fl / tt / 1e9:8.0f} {tx / tt:9.2f}")
+    print(f"the step's {sum(count.values())} products, summed: XLA {1e3 * total_x:.1f} ms, "
+          f"PyTorch {1e3 * total_t:.1f} ms (a gap of {1e3 * (total_x - total_t):.1f} ms)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"medians of {repeats}\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.transformer_profile",
                                      description=__doc__,
@@ -252,8 +328,13 @@ def main(argv=None) -> int:
     parser.add_argument("--dots", action="store_true", help="with --hlo: list every dot")
     parser.add_argument("--ops", action="append", default=None,
                         help="profile this piece (e.g. 'step manual'): its operations by time")
+    parser.add_argument("--gemms", action="store_true",
+                        help="first, the step's matrix products in XLA and in PyTorch "
+                             "(needs torch): GFLOP/s side by side")
     args = parser.parse_args(argv)
 
+    if args.gemms:
+        gemm_rates(args.repeats)
     progs = programs(args.chunk)
     if args.only:
         progs = {n: v for n, v in progs.items()
