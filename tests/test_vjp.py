@@ -31,8 +31,10 @@ def fbp_key(rng):
     return jax.random.key(int(rng.integers(2**31)))
 
 
-# the transformer block costs more than any other case: float32 runs under -m slow
-HEAVY = {"transformer_block"}
+# the costliest cases (the transformer block, the nested combinators, chunked attention,
+# 4-10 s each): float32 runs under -m slow, float64 in the default suite (test_chunked
+# checks the chunked layer in float32 against the dense one)
+HEAVY = {"transformer_block", "nested", "multi_head_attention_chunked"}
 
 
 def _grid(names):
