@@ -528,3 +528,53 @@ def test_keep_host_memory_is_recorded(tmp_path):
     kept = {r.get("host_memory") for r in records if "jax_version" in r}
     assert kept == {"kept (fbp.keep_host_memory)"}
     assert "host memory kept (fbp.keep_host_memory)" in (out / "results.md").read_text()
+
+
+def _dot_products(jaxpr):
+    """(output shape, contraction size) of every dot_general in a jaxpr, nested ones too."""
+    import math
+
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            out.append((tuple(eqn.outvars[0].aval.shape),
+                        math.prod(lhs[i] for i in lhs_contract)))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    out += _dot_products(inner)
+    return out
+
+
+def test_gemm_shapes_are_every_product_of_the_transformer_step():
+    """`transformer_profile --gemms` claims to time the suite's transformer step's products
+    as fbp's layers write them: its list must be exactly the step's dot_generals (shape of
+    each result, size of each contraction, how many), read from the step's jaxpr."""
+    import collections
+
+    import jax
+    import jax.numpy as jnp
+
+    import fbp
+    from benchmarks import suite, transformer_profile
+    from fbp import losses
+
+    config = CONFIGS["transformer"]
+    net, label_shape = suite.build_model(config)
+    shape = (config.batch_size, *config.example)
+    _, params = net.init(jax.random.key(0), shape)
+    jaxpr = jax.make_jaxpr(fbp.value_and_grad(net, losses.softmax_cross_entropy))(
+        params, jnp.zeros(shape), jnp.zeros((config.batch_size, *label_shape), jnp.int32))
+    found = collections.Counter(_dot_products(jaxpr.jaxpr))
+
+    listed: collections.Counter = collections.Counter()
+    for sa, sb, form, count in transformer_profile.gemm_shapes().values():
+        a = sa[:-2] + sa[:-3:-1] if form[0] == "t" else sa   # the operands as multiplied
+        b = sb[:-2] + sb[:-3:-1] if form[1] == "t" else sb
+        assert a[-1] == b[-2], (sa, sb, form)
+        listed[(a[:-1] + b[-1:], a[-1])] += count
+    assert sum(found.values()) == 39
+    assert listed == found
