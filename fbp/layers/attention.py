@@ -12,6 +12,7 @@ from jax import lax
 from fbp._layer import (
     Initializer,
     Layer,
+    after,
     check_initializers,
     check_input,
     check_param_shapes,
@@ -242,13 +243,16 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
         b, t, d = x.shape
         g = g.reshape(b * t, d)
         grads = {"w_o": o.T @ g, "b_o": jnp.sum(g, axis=0)}
-        do = g @ params["w_o"].T
         if chunk_size:  # the blocks of P recomputed from lse, one at a time
+            # dO after O: where g does not come from the forward (a given cotangent), XLA
+            # would compute dO first and hold it through the forward (4 MiB of 24 at T = 4096)
+            do = after(g, o) @ params["w_o"].T
             (dw_q, dw_k, dw_v), (db_q, db_v), dx = _chunked.backward(
                 x, _projections(params), _biases(params), o.reshape(b, t, d), res[2],
                 do.reshape(b, t, d), heads=num_heads, chunk=chunk_size, causal=causal)
             grads.update(w_q=dw_q, w_k=dw_k, w_v=dw_v, b_q=db_q, b_v=db_v)
             return grads, dx
+        do = g @ params["w_o"].T
         x = x.reshape(b * t, d)
         scale = 1 / math.sqrt(d // num_heads)
         w, bias = _qkv(params)
