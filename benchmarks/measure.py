@@ -141,6 +141,19 @@ def pick_device(platform_name: str | None):
                          f"available: {[str(d) for d in jax.devices()]}") from None
 
 
+def host_memory() -> str:
+    """How the process's large host blocks are allocated, for the records: kept by
+    `fbp.keep_host_memory`, glibc's malloc on transparent huge pages (GLIBC_TUNABLES with
+    glibc.malloc.hugetlb), or glibc's default."""
+    if os.environ.get("FBP_KEEP_HOST_MEMORY"):
+        return "kept (fbp.keep_host_memory)"
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if any(t.strip() in ("glibc.malloc.hugetlb=1", "glibc.malloc.hugetlb=2")
+           for t in tunables.split(":")):
+        return f"huge pages (GLIBC_TUNABLES={tunables})"
+    return "glibc default" + (f" (GLIBC_TUNABLES={tunables})" if tunables else "")
+
+
 def environment(device) -> dict[str, Any]:
     """Where and with what a number was measured; stored in every record."""
     import jaxlib
@@ -155,7 +168,6 @@ def environment(device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "matmul_precision": getattr(jax.config, "jax_default_matmul_precision", None),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "host_memory": ("kept (fbp.keep_host_memory)" if os.environ.get("FBP_KEEP_HOST_MEMORY")
-                        else "glibc default"),
+        "host_memory": host_memory(),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -204,10 +204,11 @@ _TORCH_CPU_TRANSFORMER = (
     "alone on both cores (python -m benchmarks.transformer_profile --gemms), take 92.4 ms in "
     "XLA:CPU against 68.7 in PyTorch (MKL/oneDNN), 0.98–1.75× slower on the 2-D products "
     "and 2.3–2.7× on the attention's per-head batched ones: more than the whole gap, so "
-    "fbp's work outside the products is no slower than PyTorch's. Without "
-    "--keep-host-memory also ~40,000 page faults per step: XLA:CPU allocates the step's "
-    "temporaries anew on every call and glibc faults every page in again "
-    "(fbp.keep_host_memory())")
+    "fbp's work outside the products is no slower than PyTorch's")
+# added where the run's host memory was glibc's default (no kept memory, no huge pages)
+_PAGE_FAULTS = ("; here also ~29,000 page faults per step: XLA:CPU allocates the step's "
+                "temporaries anew on every call and glibc faults every 4 KiB page in again "
+                "(fbp.keep_host_memory(), or GLIBC_TUNABLES=glibc.malloc.hugetlb=1)")
 PEER_FASTER_BECAUSE: dict[tuple[str, str, str], str] = {
     **{(peer, kind, "cpu"): _SAME_AS_AUTO for peer in ("flax", "equinox")
        for kind in ("mlp", "cnn", "transformer")},
@@ -252,6 +253,9 @@ def _peers_block(records) -> list[str]:
         for p in faster:
             why = PEER_FASTER_BECAUSE.get((p["framework"], p.get("model_kind"),
                                            p.get("platform")), "not investigated")
+            if (why is _TORCH_CPU_TRANSFORMER
+                    and str(p.get("host_memory", "")).startswith("glibc default")):
+                why += _PAGE_FAULTS
             lines.append(f"- {p['config']}: {p['framework']} {p['fbp_manual_over_peer']:.2f}× "
                          f"— {why}")
     else:

@@ -352,7 +352,7 @@ def test_one_report_for_every_suite(tmp_path, monkeypatch):
 def test_peer_table_reports_params_start_and_faster_peers():
     from benchmarks import report
 
-    env = {"device": "cpu: cpu", "jax_version": "0"}
+    env = {"device": "cpu: cpu", "platform": "cpu", "jax_version": "0"}
     step = {"config": "transformer", "model_kind": "transformer", "layers": "2 blocks",
             "params": 1_645_312, "batch_size": 16, "step_time_s": 0.2, "step_time_min_s": 0.2,
             "step_time_max_s": 0.2, "compile_time_s": 1.0, "temp_bytes": 2**20,
@@ -365,7 +365,13 @@ def test_peer_table_reports_params_start_and_faster_peers():
     md = report.markdown(records, [])
     assert "| transformer | torch 2 | 1,645,824 (1,645,312) | fbp | 1.0e-07 |" in md
     assert "key bias" in md
-    assert "- transformer: torch 2.00×" in md
+    assert "- transformer: torch 2.00× — the matrix-product kernels" in md
+    assert "page faults" not in md  # no host memory recorded: nothing said about it
+    # the page faults are named only where the run had glibc's default host memory
+    for host, faults in (("glibc default", True), ("kept (fbp.keep_host_memory)", False),
+                         ("huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)", False)):
+        md = report.markdown([{**r, "host_memory": host} for r in records], [])
+        assert ("page faults per step" in md) is faults, host
 
 
 @pytest.mark.slow
@@ -578,3 +584,18 @@ def test_gemm_shapes_are_every_product_of_the_transformer_step():
         listed[(a[:-1] + b[-1:], a[-1])] += count
     assert sum(found.values()) == 39
     assert listed == found
+
+
+def test_host_memory_names_how_large_blocks_are_allocated(monkeypatch):
+    from benchmarks import measure
+
+    monkeypatch.delenv("FBP_KEEP_HOST_MEMORY", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert measure.host_memory() == "glibc default"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    assert measure.host_memory() == "huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2")
+    assert measure.host_memory() == (
+        "glibc default (GLIBC_TUNABLES=glibc.malloc.hugetlb=0:glibc.malloc.arena_max=2)")
+    monkeypatch.setenv("FBP_KEEP_HOST_MEMORY", "1")
+    assert measure.host_memory() == "kept (fbp.keep_host_memory)"
