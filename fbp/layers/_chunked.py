@@ -2,13 +2,14 @@
 projections inside the loops: the forward keeps O(T) per head instead of the (T × T)
 probabilities, and the backward recomputes them, one (c × c) block at a time.
 
-x is (B, T, d); heads are h of width d_h = d / h, laid out heads major as (B·h, T, d_h):
-Q, K, V and dO are transposed so once, whole (K_j, V_j block by block in the backward), and
-each block's products are then plain batched products over B·h (taking the heads from
-(B, T, h, d_h) in place instead made XLA:CPU copy every operand of every block: 19% slower
-at T = 2048, c = 256). The sequence is cut into n = ⌈T / c⌉ blocks of c positions (the
-last one padded; padded keys are masked out, padded queries get a zero cotangent), read in
-place with dynamic slices.
+x is (B, T, d); heads are h of width d_h = d / h, laid out heads major, (B·h, T, d_h): Q, K,
+V and dO are transposed into it once, whole (in the backward K_j and V_j block by block), so
+that each block's products are plain batched products over B·h. Taking the heads in place
+from (B, T, h, d_h) instead made XLA:CPU copy the operands of every block's products; with
+the transposed backward blocks below, this layout took forward + backward from 121 to 93 ms
+(T = 2048, c = 256, 4 heads of 64). The sequence is cut into n = ⌈T / c⌉ blocks of c
+positions (the last one padded; padded keys are masked out, padded queries get a zero
+cotangent), read in place with dynamic slices.
 Q = (x W_q + b_q) / √d_h,  K = x W_k,  V = x W_v + b_v.
 
 Forward, for query block i (its Q_i projected from x_i there), over key blocks j (j ≤ i
