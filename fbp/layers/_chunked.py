@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fbp._layer import after, at_least_float32
+from fbp.layers._heads import merge_heads, split_heads
 
 
 def _geometry(t: int, chunk: int) -> tuple[int, int]:
@@ -65,16 +66,15 @@ def _block(a, b, c: int, axis: int = 1):
 
 
 def _heads(a, h: int):
-    """(B, T, d) -> (B·h, T, d_h): heads major (one transposing copy), so that every
+    """(B, T, d) -> (B·h, T, d_h), heads major (one transposing copy), so that every
     block's products below are plain batched products over B·h, with no copies of their own."""
     b, t, d = a.shape
-    return jnp.transpose(a.reshape(b, t, h, d // h), (0, 2, 1, 3)).reshape(b * h, t, d // h)
+    return split_heads(a.reshape(b * t, d), b, t, 1, h)[0]
 
 
 def _rows(a, b: int):
     """(B·h, T, d_h) -> (B, T, d): `_heads` undone."""
-    z, t, e = a.shape
-    return jnp.transpose(a.reshape(b, z // b, t, e), (0, 2, 1, 3)).reshape(b, t, z // b * e)
+    return merge_heads(b, a).reshape(b, a.shape[1], -1)
 
 
 def _mask(i, j, c: int, t: int, causal: bool):

@@ -22,6 +22,7 @@ from fbp._layer import (
     default_float_dtype,
 )
 from fbp.layers import _chunked
+from fbp.layers._heads import merge_heads, split_heads
 from fbp.layers.activations import gelu
 from fbp.layers.combinators import residual, serial
 from fbp.layers.dense import dense
@@ -42,37 +43,6 @@ def _check_bsd(name: str, shape) -> None:
     if len(shape) != 3:
         raise ValueError(f"{name}: expected an input of rank 3 (batch, seq, features), "
                          f"got shape {tuple(shape)}")
-
-
-def _heads(a, b: int, t: int, n: int, num_heads: int, transposed: tuple[int, ...] = ()):
-    """(B·T, n·d) rows -> n arrays (B·h, T, d_h): the heads split, batch and head merged in
-    front (the layout XLA's batched dots run fastest on); the i-th in `transposed` comes as
-    (B·h, d_h, T) instead."""
-    dh = a.shape[-1] // (n * num_heads)
-    a = a.reshape(b, t, n, num_heads, dh)
-    out = []
-    for i in range(n):
-        if i in transposed:
-            out.append(jnp.transpose(a[:, :, i], (0, 2, 3, 1)).reshape(b * num_heads, dh, t))
-        else:
-            out.append(jnp.transpose(a[:, :, i], (0, 2, 1, 3)).reshape(b * num_heads, t, dh))
-    return tuple(out)
-
-
-def _rows(b: int, *heads, transposed: tuple[int, ...] = ()):
-    """n arrays (B·h, T, d_h) — (B·h, d_h, T) for the i-th in `transposed` — -> (B·T, n·d)
-    rows: the heads merged back, side by side."""
-    bh = heads[0].shape[0]
-    rows = []
-    for i, a in enumerate(heads):
-        if i in transposed:
-            dh, t = a.shape[1:]
-            a = jnp.transpose(a.reshape(b, bh // b, dh, t), (0, 3, 1, 2))
-        else:
-            t, dh = a.shape[1:]
-            a = jnp.transpose(a.reshape(b, bh // b, t, dh), (0, 2, 1, 3))
-        rows.append(a.reshape(b * t, -1))
-    return rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=1)
 
 
 def _qkv(params):
@@ -231,7 +201,7 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
         scale = 1 / math.sqrt(d // num_heads)
         w, bias = _qkv(params)
         # Qᵀ per head, (d_h, T): the backward's ∂Kᵀ = Qᵀ ∂S is then a plain product
-        qt, k, v = _heads(x.reshape(b * t, d) @ w + bias[None, :], b, t, 3, num_heads,
+        qt, k, v = split_heads(x.reshape(b * t, d) @ w + bias[None, :], b, t, 3, num_heads,
                           transposed=(0,))
         qt = qt * scale
         s = jnp.einsum("bdi,bjd->bij", qt, k)                     # Q Kᵀ / √d_h
@@ -239,7 +209,7 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
             s = jnp.where(_causal(t)[None], s, -jnp.inf)  # diagonal kept: rowmax finite
         e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
         r = 1 / jnp.sum(e, axis=-1, keepdims=True)
-        o = _rows(b, (e @ v) * r)
+        o = merge_heads(b, (e @ v) * r)
         y = o @ params["w_o"] + params["b_o"][None, :]
         return y.reshape(x.shape), (x, qt, k, v, e, r, o)
 
@@ -267,13 +237,14 @@ def multi_head_attention(num_heads: int, *, causal: bool = False, chunk_size: in
         # Aᵀ B form, which XLA:CPU's batched dots run ~2x slower; and ∂P's product from
         # (T, d_h) fuses with the softmax VJP after it (∂P is not written out: 240 MiB
         # less at T = 4096, 4 heads)
-        (do,), (dot,) = _heads(do, b, t, 1, num_heads), _heads(do, b, t, 1, num_heads, (0,))
+        (dot,) = split_heads(do, b, t, 1, num_heads, transposed=(0,))
+        (do,) = split_heads(do, b, t, 1, num_heads)
         dvt = (dot * jnp.swapaxes(r, 1, 2)) @ e                  # ∂Vᵀ = (r ⊙ ∂O)ᵀ E
         dp = jnp.einsum("bid,bjd->bij", do * r, v)               # r ⊙ ∂P = (r ⊙ ∂O) Vᵀ
         ds = e * (dp - r * jnp.sum(e * dp, axis=-1, keepdims=True))  # softmax VJP
         dq = ds @ k                                              # ∂S K
         dkt = qt @ ds                                            # ∂Kᵀ = Qᵀ ∂S / √d_h
-        dqkv = _rows(b, dq * scale, dkt, dvt, transposed=(1, 2))  # (B·T, 3d)
+        dqkv = merge_heads(b, dq * scale, dkt, dvt, transposed=(1, 2))  # (B·T, 3d)
         dw = x.T @ dqkv
         db = jnp.sum(dqkv, axis=0)
         grads.update(w_q=dw[:, :d], w_k=dw[:, d:2 * d], w_v=dw[:, 2 * d:],
