@@ -274,9 +274,10 @@ def test_transformer_with_dropout_and_positions_matches_autodiff():
     pos = np.asarray(grads[1]["table"])
     assert np.all(pos[5:] == 0) and np.abs(pos[:5]).min() > 0
     # dropout acts in training only, and differs between keys
-    train = [net.apply(params, tokens, key=jax.random.key(k), train=True) for k in (0, 1)]
+    apply = jax.jit(net.apply, static_argnames="train")
+    train = [apply(params, tokens, key=jax.random.key(k), train=True) for k in (0, 1)]
     assert not np.allclose(train[0], train[1])
-    assert np.allclose(net.apply(params, tokens), net.apply(params, tokens, train=False))
+    assert np.allclose(apply(params, tokens), apply(params, tokens, train=False))
     with pytest.raises(ValueError, match=r"dropout: rate"):
         L.transformer_block(2, dropout=1.0)
     with pytest.raises(ValueError, match=r"positional_embedding\(4\): expected an input "
